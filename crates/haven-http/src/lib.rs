@@ -1,0 +1,254 @@
+//! The HTTP face of Haven: routes, extractors, problem+json, idempotency, OpenAPI, and the
+//! request middleware (request ids, security headers, metrics, access log). Handlers only
+//! translate between HTTP and the domain services.
+
+pub mod extract;
+pub mod idempotency;
+pub mod problem;
+pub mod routes;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use extract::RequestCtx;
+use haven_identity::Identity;
+use haven_platform::Secret;
+use haven_platform::store::{HealthCheck, IdempotencyStore};
+use ipnet::IpNet;
+use metrics_exporter_prometheus::PrometheusHandle;
+use problem::{Problem, ProblemType};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The TCP peer of a connection, inserted by the server's accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub tls: bool,
+    pub hsts_max_age_seconds: u64,
+    pub trusted_proxies: Vec<IpNet>,
+    pub public_url: String,
+    pub metrics_token: Option<Secret<String>>,
+}
+
+pub struct AppState {
+    pub identity: Arc<Identity>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub health: Arc<dyn HealthCheck>,
+    pub metrics: Option<PrometheusHandle>,
+    pub settings: HttpSettings,
+    /// Cleared when shutdown begins, so that load balancers stop sending traffic.
+    pub ready: AtomicBool,
+    pub openapi_json: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Haven",
+        description = "Self-hosted communications APIs for healthcare. Authenticate with an API key (HTTP Basic, key id and secret) or an OAuth 2.0 access token (Bearer). Errors are RFC 9457 problem details.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "accounts", description = "Accounts and subaccounts (departments)"),
+        (name = "keys", description = "API keys"),
+        (name = "oauth", description = "OAuth 2.0 client credentials"),
+        (name = "system", description = "Health, metrics and documentation"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+        let mut bearer = Http::new(HttpAuthScheme::Bearer);
+        bearer.bearer_format = Some("JWT".to_owned());
+        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+    }
+}
+
+/// Every route with its documentation; the two cannot drift apart.
+fn api() -> OpenApiRouter<Arc<AppState>> {
+    use routes::{accounts, keys, oauth, system};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::create_account, accounts::list_accounts))
+        .routes(routes!(accounts::get_account, accounts::update_account))
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::get_key, keys::revoke_key))
+        .routes(routes!(keys::rotate_key))
+        .routes(routes!(oauth::token))
+        .routes(routes!(oauth::revoke))
+        .routes(routes!(oauth::introspect))
+        .routes(routes!(oauth::metadata))
+        .routes(routes!(oauth::jwks))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi))
+        .routes(routes!(system::problem_page))
+}
+
+/// The OpenAPI document as served.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api().split_for_parts();
+    let components = doc.components.get_or_insert_with(Default::default);
+    components
+        .schemas
+        .entry("ProblemBody".to_owned())
+        .or_insert_with(|| {
+            utoipa::openapi::RefOr::T(
+                <problem::ProblemBody as utoipa::PartialSchema>::schema().into(),
+            )
+        });
+    doc
+}
+
+/// Builds the application. `state.openapi_json` should hold [`openapi_document`] rendered.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    let (router, _) = api().split_for_parts();
+    router
+        .fallback(routes::system::no_such_route)
+        .method_not_allowed_fallback(routes::system::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            context,
+        ))
+        .with_state(state)
+}
+
+/// The source address: the TCP peer, or, when the peer is a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+fn source_address(req: &Request, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip())?;
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
+        return Some(peer);
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut hops: Vec<IpAddr> = forwarded
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    while let Some(hop) = hops.pop() {
+        if !trusted.iter().any(|n| n.contains(&hop)) {
+            return Some(hop);
+        }
+    }
+    Some(peer)
+}
+
+/// Request ids, source address, a time limit, security headers, metrics and the access log.
+async fn context(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = haven_platform::id::new_id("req");
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(256)
+                .collect::<String>()
+        });
+    let principal = Arc::new(OnceLock::new());
+    let ctx = RequestCtx {
+        request_id: request_id.clone(),
+        source: source_address(&req, &st.settings.trusted_proxies),
+        user_agent,
+        principal: Arc::clone(&principal),
+    };
+    req.extensions_mut().insert(ctx);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let timeout = st.settings.request_timeout;
+    let mut res = problem::REQUEST_ID
+        .scope(request_id.clone(), async move {
+            match tokio::time::timeout(timeout, next.run(req)).await {
+                Ok(res) => res,
+                Err(_) => Problem::new(
+                    ProblemType::ServiceUnavailable,
+                    "The request took too long.",
+                )
+                .into_response(),
+            }
+        })
+        .await;
+    let status = res.status().as_u16();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    if st.settings.tls
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "max-age={}; includeSubDomains",
+            st.settings.hsts_max_age_seconds
+        ))
+    {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
+    let elapsed = started.elapsed();
+    let route_label = route.unwrap_or_else(|| "unmatched".to_owned());
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route_label.clone()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("haven_http_requests_total", &labels).increment(1);
+    metrics::histogram!("haven_http_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
+    let (account, credential) = principal.get().cloned().unwrap_or_default();
+    tracing::info!(
+        target: "haven::access",
+        request_id = %request_id,
+        method = %method,
+        route = %route_label,
+        status,
+        latency_us = elapsed.as_micros() as u64,
+        account_id = %account,
+        credential_id = %credential,
+        "request"
+    );
+    res
+}

@@ -1,0 +1,232 @@
+//! RFC 9457 problem details: the closed catalogue of problem types, and the one place where
+//! domain errors become HTTP statuses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use haven_identity::{FieldError, IdentityError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+tokio::task_local! {
+    /// The id of the request being served, so that any problem can name it as `instance`.
+    pub static REQUEST_ID: String;
+}
+
+macro_rules! catalogue {
+    ($( $variant:ident => ($slug:literal, $status:expr, $title:literal, $about:literal) ),+ $(,)?) => {
+        /// Every problem type Haven answers with. The slugs are stable: clients may match on them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProblemType { $($variant),+ }
+
+        impl ProblemType {
+            pub const ALL: &'static [ProblemType] = &[$(ProblemType::$variant),+];
+            pub fn slug(self) -> &'static str { match self { $(Self::$variant => $slug),+ } }
+            pub fn status(self) -> StatusCode { match self { $(Self::$variant => $status),+ } }
+            pub fn title(self) -> &'static str { match self { $(Self::$variant => $title),+ } }
+            /// A paragraph for the human-readable page at `/problems/{slug}`.
+            pub fn about(self) -> &'static str { match self { $(Self::$variant => $about),+ } }
+            pub fn from_slug(slug: &str) -> Option<Self> { Self::ALL.iter().copied().find(|p| p.slug() == slug) }
+        }
+    };
+}
+
+catalogue! {
+    MalformedRequest => ("malformed-request", StatusCode::BAD_REQUEST, "Malformed request",
+        "The request could not be understood: a header, query parameter or path is not in the expected form."),
+    InvalidJson => ("invalid-json", StatusCode::BAD_REQUEST, "Invalid JSON",
+        "The request body is not well-formed JSON, or is not the JSON object the operation expects."),
+    UnknownField => ("unknown-field", StatusCode::BAD_REQUEST, "Unknown field",
+        "The request body contains a field this operation does not define. Haven rejects unknown fields instead of ignoring them, so that typos are not silently dropped."),
+    ValidationFailed => ("validation-failed", StatusCode::UNPROCESSABLE_ENTITY, "Validation failed",
+        "The request is well-formed but breaks a rule. The `errors` member lists each field and what is wrong with it."),
+    Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED, "Authentication required",
+        "The request carries no credentials, or credentials that are wrong, unknown, expired or revoked. Send `Authorization: Basic base64(key_id:secret)` or `Authorization: Bearer <access token>`."),
+    AuthLockedOut => ("auth-locked-out", StatusCode::TOO_MANY_REQUESTS, "Too many failed authentication attempts",
+        "Authentication failed too often for this key or source address. Wait for the number of seconds in `Retry-After`."),
+    InsufficientScope => ("insufficient-scope", StatusCode::FORBIDDEN, "Insufficient scope",
+        "The credential is valid but was not granted the scope this operation needs."),
+    AddressNotAllowed => ("address-not-allowed", StatusCode::FORBIDDEN, "Source address not allowed",
+        "The key has an IP allowlist and the request came from an address outside it."),
+    Forbidden => ("forbidden", StatusCode::FORBIDDEN, "Forbidden",
+        "The credential is valid but this operation is not allowed for it."),
+    NotFound => ("not-found", StatusCode::NOT_FOUND, "Not found",
+        "No such resource exists, or it belongs to an account the credential cannot see."),
+    NoSuchRoute => ("no-such-route", StatusCode::NOT_FOUND, "No such route",
+        "No operation exists at this path. See /v1/openapi.json for the API."),
+    MethodNotAllowed => ("method-not-allowed", StatusCode::METHOD_NOT_ALLOWED, "Method not allowed",
+        "The path exists but does not support this HTTP method."),
+    Conflict => ("conflict", StatusCode::CONFLICT, "Conflict",
+        "The request conflicts with the resource's current state."),
+    IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
+        "This Idempotency-Key was already used with a different request. Use a new key for a new request."),
+    IdempotencyKeyInUse => ("idempotency-key-in-use", StatusCode::CONFLICT, "Idempotency key in use",
+        "A request with this Idempotency-Key is still being processed. Retry after it completes."),
+    PayloadTooLarge => ("payload-too-large", StatusCode::PAYLOAD_TOO_LARGE, "Payload too large",
+        "The request body exceeds the server's limit."),
+    UnsupportedMediaType => ("unsupported-media-type", StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type",
+        "The request body must be sent with `Content-Type: application/json` (or, for OAuth endpoints, `application/x-www-form-urlencoded`)."),
+    ServiceUnavailable => ("service-unavailable", StatusCode::SERVICE_UNAVAILABLE, "Service unavailable",
+        "The server cannot serve the request right now (starting, stopping, or its database is unreachable). Retry later."),
+    InternalError => ("internal-error", StatusCode::INTERNAL_SERVER_ERROR, "Internal error",
+        "The server failed. The failure is logged with the request id given as `instance`; quote it when reporting."),
+}
+
+/// A problem as sent (documented in the OpenAPI document).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemBody {
+    /// A stable URI reference naming the problem type, served as a page.
+    #[schema(example = "/problems/validation-failed")]
+    pub r#type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The request id (also in the `X-Request-Id` header and the logs).
+    pub instance: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// The field, as a JSON path (`scopes`, `allowed_cidrs[2]`).
+    pub field: String,
+    pub message: String,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct Problem {
+    pub kind: ProblemType,
+    pub detail: String,
+    pub errors: Vec<FieldProblem>,
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_errors(mut self, errors: Vec<FieldProblem>) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    /// A server fault: the cause goes to the log with the request id, never into the response.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(request_id = %current_request_id(), error = %cause, "request failed");
+        Self::new(
+            ProblemType::InternalError,
+            "The server failed to handle the request.",
+        )
+    }
+
+    pub fn body(&self) -> ProblemBody {
+        ProblemBody {
+            r#type: format!("/problems/{}", self.kind.slug()),
+            title: self.kind.title().to_owned(),
+            status: self.kind.status().as_u16(),
+            detail: self.detail.clone(),
+            instance: current_request_id(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut res = (self.kind.status(), body).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.kind == ProblemType::Unauthenticated {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"haven\", Bearer realm=\"haven\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+fn field_problems(errors: Vec<FieldError>) -> Vec<FieldProblem> {
+    errors
+        .into_iter()
+        .map(|e| FieldProblem {
+            field: e.field,
+            message: e.message,
+        })
+        .collect()
+}
+
+impl From<IdentityError> for Problem {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Unauthenticated => Problem::new(
+                ProblemType::Unauthenticated,
+                "The credentials are missing, wrong, expired or revoked.",
+            ),
+            IdentityError::LockedOut {
+                retry_after_seconds,
+            } => Problem {
+                retry_after: Some(retry_after_seconds),
+                ..Problem::new(
+                    ProblemType::AuthLockedOut,
+                    format!("Too many failed attempts; retry after {retry_after_seconds} seconds."),
+                )
+            },
+            IdentityError::MissingScope(s) => Problem::new(
+                ProblemType::InsufficientScope,
+                format!("This operation requires the scope {s}."),
+            ),
+            IdentityError::AddressNotAllowed => Problem::new(
+                ProblemType::AddressNotAllowed,
+                "The request's source address is not in the key's allowlist.",
+            ),
+            IdentityError::Forbidden(why) => {
+                Problem::new(ProblemType::Forbidden, format!("Not allowed: {why}."))
+            }
+            IdentityError::NotFound => Problem::new(ProblemType::NotFound, "No such resource."),
+            IdentityError::Invalid(errors) => Problem::new(
+                ProblemType::ValidationFailed,
+                "One or more fields are invalid.",
+            )
+            .with_errors(field_problems(errors)),
+            IdentityError::InvalidScope => Problem::new(
+                ProblemType::ValidationFailed,
+                "The requested scopes are unknown or not granted.",
+            ),
+            IdentityError::Conflict(why) => Problem::new(ProblemType::Conflict, format!("{why}.")),
+            IdentityError::Store(e) => Problem::internal(&e),
+            IdentityError::Crypto(e) => Problem::internal(&e),
+        }
+    }
+}
+
+/// Serves `/problems/{slug}` as a short human-readable page.
+pub fn page(kind: ProblemType) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>HTTP status {status}. Problem type <code>/problems/{slug}</code>.</p><p>{about}</p>\
+         <p><a href=\"/v1/openapi.json\">API reference (OpenAPI)</a></p></body></html>",
+        title = kind.title(),
+        status = kind.status().as_u16(),
+        slug = kind.slug(),
+        about = kind.about().replace('<', "&lt;").replace('`', ""),
+    )
+}

@@ -1,0 +1,32 @@
+pub mod accounts;
+pub mod keys;
+pub mod oauth;
+pub mod system;
+
+use haven_platform::page::PageRequest;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::problem::{Problem, ProblemType};
+
+/// `?page_size=&cursor=` on every list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Items per page, 1 to 200 (default 50).
+    pub page_size: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn parse(&self) -> Result<PageRequest, Problem> {
+        PageRequest::parse(self.page_size, self.cursor.as_deref())
+            .map_err(|e| Problem::new(ProblemType::MalformedRequest, format!("{e}.")))
+    }
+}
+
+pub fn rfc3339(ms: Option<i64>) -> Option<String> {
+    ms.map(haven_platform::clock::to_rfc3339)
+}

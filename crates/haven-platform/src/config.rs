@@ -1,0 +1,778 @@
+//! Haven's configuration: one typed struct, loaded as defaults → TOML file → `HAVEN_*`
+//! environment → command-line flags, validated all at once so that `haven config check` can list
+//! every problem in a file rather than the first.
+//!
+//! Environment names: `HAVEN_SECTION__KEY` (for example `HAVEN_SERVER__LISTEN`), the short forms
+//! `HAVEN_DATA_DIR`, `HAVEN_LISTEN`, `HAVEN_DATABASE_URL`, `HAVEN_MASTER_KEY`,
+//! `HAVEN_MASTER_KEY_FILE`, and `…_FILE` on any secret option to read it from a file.
+
+use crate::Secret;
+use ipnet::IpNet;
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where Haven keeps its master key, TLS material, SQLite database and bootstrap credential.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub oauth: OAuthConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub master_key: MasterKeyConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./haven-data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            oauth: OAuthConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            master_key: MasterKeyConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The externally visible base URL (`https://haven.example.org`); the OAuth issuer. Defaults to
+    /// `https://localhost:PORT`. Every node of a cluster must use the same value.
+    pub public_url: Option<String>,
+    pub tls: TlsConfig,
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: usize,
+    pub request_timeout_seconds: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR list). Empty: the TCP peer is the source.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
+    pub hsts_max_age_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            public_url: None,
+            tls: TlsConfig::default(),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_seconds: 30,
+            trusted_proxies: Vec::new(),
+            hsts_max_age_seconds: 63_072_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `false` serves plain HTTP: only behind a TLS-terminating proxy or on loopback.
+    pub enabled: bool,
+    /// PEM certificate chain; with `key_file`. Unset: a self-signed certificate in `DATA_DIR/tls/`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…`. Unset: `sqlite://DATA_DIR/haven.db`.
+    pub url: Option<Secret<String>>,
+    pub max_connections: u32,
+    /// SQLite `synchronous`: `full` (every commit reaches the disk) or `normal`.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How long a verified credential may be reused without asking the database again. Bounds
+    /// how late a revocation made on another node takes effect here (at most 1000 ms).
+    pub credential_cache_ms: u64,
+    pub failure_window_seconds: u64,
+    /// Failures of one key id within the window before it is locked out.
+    pub max_failures_per_key: u32,
+    /// Failures from one source address within the window before it is locked out.
+    pub max_failures_per_address: u32,
+    pub lockout_seconds: u64,
+    /// `last_used_at` is written at most this often per key and node.
+    pub last_used_resolution_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            credential_cache_ms: 500,
+            failure_window_seconds: 300,
+            max_failures_per_key: 10,
+            max_failures_per_address: 50,
+            lockout_seconds: 900,
+            last_used_resolution_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    pub access_token_ttl_seconds: u64,
+    /// A new JWT signing key is made when the active one is this old; the old one stays in the
+    /// JWKS until every token it signed has expired.
+    pub signing_key_rotation_days: u64,
+    /// How often each node reloads the shared signing key set.
+    pub keyset_refresh_seconds: u64,
+    pub audience: String,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_seconds: 900,
+            signing_key_rotation_days: 30,
+            keyset_refresh_seconds: 30,
+            audience: "haven".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `warn`, `haven=debug,info`…
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at `/metrics`.
+    pub enabled: bool,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub bearer_token: Option<Secret<String>>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bearer_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterKeyConfig {
+    /// A file holding the base64 master key. Unset: `DATA_DIR/master.key`, created on first start.
+    pub file: Option<PathBuf>,
+    /// The base64 master key itself (prefer `file` or `HAVEN_MASTER_KEY_FILE`).
+    pub value: Option<Secret<String>>,
+}
+
+/// One thing wrong with the configuration, located by its dotted path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Flags given on the command line; they override file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+}
+
+/// Where a value came from, for error messages.
+const ENV_ALIASES: &[(&str, &[&str])] = &[
+    ("HAVEN_DATA_DIR", &["data_dir"]),
+    ("HAVEN_LISTEN", &["server", "listen"]),
+    ("HAVEN_DATABASE_URL", &["database", "url"]),
+    ("HAVEN_MASTER_KEY", &["master_key", "value"]),
+    ("HAVEN_MASTER_KEY_FILE", &["master_key", "file"]),
+];
+
+/// Top-level keys; an environment variable whose first segment is none of these belongs to
+/// something else (`HAVEN_TEST_…`) and is ignored.
+const SECTIONS: &[&str] = &[
+    "data_dir",
+    "server",
+    "database",
+    "auth",
+    "oauth",
+    "log",
+    "metrics",
+    "master_key",
+];
+
+/// Options that hold secrets: `HAVEN_<PATH>_FILE` reads them from a file.
+const SECRET_OPTIONS: &[&[&str]] = &[&["database", "url"], &["metrics", "bearer_token"]];
+
+impl Config {
+    /// Loads and validates. `env` is normally `std::env::vars()`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: &CliOverrides,
+    ) -> Result<Config, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut root = toml::Table::new();
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => match text.parse::<toml::Table>() {
+                    Ok(table) => root = table,
+                    Err(e) => problems.push(problem(&path.display().to_string(), e.to_string())),
+                },
+                Err(e) => problems.push(problem(&path.display().to_string(), e.to_string())),
+            }
+        }
+        apply_env(&mut root, env, &mut problems);
+        if let Some(d) = &cli.data_dir {
+            set(
+                &mut root,
+                &["data_dir"],
+                toml::Value::String(d.display().to_string()),
+            );
+        }
+        if let Some(l) = &cli.listen {
+            set(
+                &mut root,
+                &["server", "listen"],
+                toml::Value::String(l.clone()),
+            );
+        }
+        if let Some(u) = &cli.database_url {
+            set(
+                &mut root,
+                &["database", "url"],
+                toml::Value::String(u.clone()),
+            );
+        }
+        check_shape(&root, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let config: Config = match toml::Value::Table(root).try_into() {
+            Ok(c) => c,
+            Err(e) => return Err(vec![problem("config", e.to_string())]),
+        };
+        let semantic = config.validate();
+        if semantic.is_empty() {
+            Ok(config)
+        } else {
+            Err(semantic)
+        }
+    }
+
+    /// Rules that types alone do not express.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            p.push(problem("data_dir", "must not be empty"));
+        }
+        let tls = &self.server.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            p.push(problem(
+                "server.tls",
+                "cert_file and key_file must be set together",
+            ));
+        }
+        for (name, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                p.push(problem(
+                    &format!("server.tls.{name}"),
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+        }
+        if let Some(url) = &self.server.public_url
+            && !(url.starts_with("https://") || (!tls.enabled && url.starts_with("http://")))
+        {
+            p.push(problem(
+                "server.public_url",
+                "must be an https:// URL (http:// only with tls.enabled = false)",
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.server.body_limit_bytes) {
+            p.push(problem(
+                "server.body_limit_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        if !(1..=600).contains(&self.server.request_timeout_seconds) {
+            p.push(problem(
+                "server.request_timeout_seconds",
+                "must be between 1 and 600",
+            ));
+        }
+        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                p.push(problem(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("{cidr:?} is not a CIDR or address"),
+                ));
+            }
+        }
+        if let Some(url) = &self.database.url {
+            let u = url.expose();
+            if !(u.starts_with("sqlite:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://"))
+            {
+                p.push(problem(
+                    "database.url",
+                    "must start with sqlite:, postgres:// or postgresql://",
+                ));
+            }
+        }
+        if !(1..=512).contains(&self.database.max_connections) {
+            p.push(problem(
+                "database.max_connections",
+                "must be between 1 and 512",
+            ));
+        }
+        let a = &self.auth;
+        if a.credential_cache_ms > 1000 {
+            p.push(problem(
+                "auth.credential_cache_ms",
+                "must be at most 1000 (revocation must reach every node within a second)",
+            ));
+        }
+        if a.max_failures_per_key == 0 || a.max_failures_per_address == 0 {
+            p.push(problem(
+                "auth",
+                "max_failures_per_key and max_failures_per_address must be at least 1",
+            ));
+        }
+        if a.failure_window_seconds == 0 || a.lockout_seconds == 0 {
+            p.push(problem(
+                "auth",
+                "failure_window_seconds and lockout_seconds must be at least 1",
+            ));
+        }
+        let o = &self.oauth;
+        if !(60..=86_400).contains(&o.access_token_ttl_seconds) {
+            p.push(problem(
+                "oauth.access_token_ttl_seconds",
+                "must be between 60 and 86400",
+            ));
+        }
+        if !(1..=365).contains(&o.signing_key_rotation_days) {
+            p.push(problem(
+                "oauth.signing_key_rotation_days",
+                "must be between 1 and 365",
+            ));
+        }
+        if !(1..=3600).contains(&o.keyset_refresh_seconds) {
+            p.push(problem(
+                "oauth.keyset_refresh_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        if o.audience.trim().is_empty() {
+            p.push(problem("oauth.audience", "must not be empty"));
+        }
+        if self.log.level.trim().is_empty() {
+            p.push(problem("log.level", "must not be empty"));
+        }
+        if let Some(f) = &self.master_key.file
+            && self.master_key.value.is_some()
+        {
+            p.push(problem(
+                "master_key",
+                format!("set either file ({}) or value, not both", f.display()),
+            ));
+        }
+        p
+    }
+
+    /// The SQLite path or PostgreSQL URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) => u.expose().clone(),
+            None => format!("sqlite://{}", self.data_dir.join("haven.db").display()),
+        }
+    }
+
+    /// The OAuth issuer and base of absolute URLs.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.server.tls.enabled {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://localhost:{}", self.server.listen.port())
+            }
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn problem(path: &str, message: impl Into<String>) -> ConfigProblem {
+    ConfigProblem {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn set(root: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut table = root;
+    for part in parents {
+        let entry = table
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(t) = entry else { return };
+        table = t;
+    }
+    table.insert((*last).to_owned(), value);
+}
+
+/// An environment string as the TOML value it spells (`8`, `true`), or as a string.
+fn env_value(raw: &str) -> toml::Value {
+    let looks_scalar = raw.parse::<i64>().is_ok() || raw == "true" || raw == "false";
+    if looks_scalar
+        && let Ok(mut t) = format!("v = {raw}").parse::<toml::Table>()
+        && let Some(v) = t.remove("v")
+    {
+        return v;
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn apply_env(
+    root: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("HAVEN_"))
+        .collect();
+    // Deterministic order: generic names first, so that the documented short aliases win.
+    vars.sort();
+    let mut aliased = Vec::new();
+    for (name, value) in vars {
+        if let Some((_, path)) = ENV_ALIASES.iter().find(|(alias, _)| *alias == name) {
+            aliased.push((*path, value));
+            continue;
+        }
+        let rest = &name["HAVEN_".len()..];
+        let lower = rest.to_ascii_lowercase();
+        let mut parts: Vec<String> = lower.split("__").map(str::to_owned).collect();
+        if !parts
+            .first()
+            .is_some_and(|s| SECTIONS.contains(&s.as_str()))
+        {
+            continue;
+        }
+        // `HAVEN_DATABASE__URL_FILE`: read a secret option from a file.
+        if let Some(last) = parts.last().cloned()
+            && let Some(stem) = last.strip_suffix("_file")
+        {
+            let mut target = parts.clone();
+            if let Some(l) = target.last_mut() {
+                *l = stem.to_owned();
+            }
+            let target_ref: Vec<&str> = target.iter().map(String::as_str).collect();
+            if SECRET_OPTIONS.contains(&target_ref.as_slice()) {
+                match std::fs::read_to_string(&value) {
+                    Ok(content) => set(
+                        root,
+                        &target_ref,
+                        toml::Value::String(content.trim().to_owned()),
+                    ),
+                    Err(e) => problems.push(problem(&name, format!("cannot read {value}: {e}"))),
+                }
+                continue;
+            }
+        }
+        if parts.iter().any(String::is_empty) {
+            problems.push(problem(&name, "malformed variable name"));
+            continue;
+        }
+        let path: Vec<&str> = parts.iter_mut().map(|s| s.as_str()).collect();
+        set(root, &path, env_value(&value));
+    }
+    for (path, value) in aliased {
+        set(root, path, env_value(&value));
+    }
+}
+
+/// Checks each key on its own so that every problem is reported, not just the first.
+fn check_shape(root: &toml::Table, problems: &mut Vec<ConfigProblem>) {
+    for (key, value) in root {
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), value.clone());
+        match key.as_str() {
+            "server" => check_section::<ServerConfig>(
+                key,
+                value,
+                problems,
+                &[("tls", check_leaf::<TlsConfig>)],
+            ),
+            "database" => check_section::<DatabaseConfig>(key, value, problems, &[]),
+            "auth" => check_section::<AuthConfig>(key, value, problems, &[]),
+            "oauth" => check_section::<OAuthConfig>(key, value, problems, &[]),
+            "log" => check_section::<LogConfig>(key, value, problems, &[]),
+            "metrics" => check_section::<MetricsConfig>(key, value, problems, &[]),
+            "master_key" => check_section::<MasterKeyConfig>(key, value, problems, &[]),
+            "data_dir" => {
+                if let Err(e) = toml::Value::Table(one).try_into::<Config>() {
+                    problems.push(problem(key, clean(&e.to_string())));
+                }
+            }
+            other => problems.push(problem(other, "unknown option")),
+        }
+    }
+}
+
+type Checker = fn(&str, &toml::Value, &mut Vec<ConfigProblem>);
+
+fn check_leaf<T: DeserializeOwned>(
+    path: &str,
+    value: &toml::Value,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    check_section::<T>(path, value, problems, &[]);
+}
+
+fn check_section<T: DeserializeOwned>(
+    path: &str,
+    value: &toml::Value,
+    problems: &mut Vec<ConfigProblem>,
+    nested: &[(&str, Checker)],
+) {
+    let Some(table) = value.as_table() else {
+        problems.push(problem(path, "must be a table"));
+        return;
+    };
+    for (key, v) in table {
+        let child = format!("{path}.{key}");
+        if let Some((_, check)) = nested.iter().find(|(n, _)| n == key) {
+            check(&child, v, problems);
+            continue;
+        }
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), v.clone());
+        if let Err(e) = toml::Value::Table(one).try_into::<T>() {
+            problems.push(problem(&child, clean(&e.to_string())));
+        }
+    }
+}
+
+/// toml's messages span several lines with a caret diagram; keep the first meaningful line.
+fn clean(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(msg)
+        .to_owned()
+}
+
+/// Accepts `["a", "b"]` or `"a,b"` (the environment form).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Joined(String),
+    }
+    match Form::deserialize(d)
+        .map_err(|_| de::Error::custom("expected a list of strings or a comma-separated string"))?
+    {
+        Form::List(v) => Ok(v),
+        Form::Joined(s) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[]), &CliOverrides::default())
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8443");
+        assert!(c.server.tls.enabled);
+        assert_eq!(c.database_url(), "sqlite://./haven-data/haven.db");
+        assert_eq!(c.public_url(), "https://localhost:8443");
+    }
+
+    #[test]
+    fn every_problem_in_a_file_is_reported() {
+        let mut f = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+        let text = "bogus = 1\n[server]\nlisten = \"nowhere\"\nbody_limit_bytes = \"big\"\ncolour = \"red\"\n[auth]\ncredential_cache_ms = -4\n[oauth]\naccess_token_ttl_seconds = 5\n";
+        f.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let problems = Config::load(Some(f.path()), env(&[]), &CliOverrides::default())
+            .err()
+            .unwrap_or_default();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "bogus",
+            "server.listen",
+            "server.body_limit_bytes",
+            "server.colour",
+            "auth.credential_cache_ms",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file_and_cli_overrides_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HAVEN_SERVER__BODY_LIMIT_BYTES", "4096"),
+                ("HAVEN_LISTEN", "127.0.0.1:9000"),
+                ("HAVEN_SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
+                ("HAVEN_TEST_DATABASE_URL", "ignored"),
+                ("HAVEN_TLS", "ignored too"),
+                ("PATH", "/bin"),
+            ]),
+            &CliOverrides {
+                data_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(c.server.body_limit_bytes, 4096);
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.server.trusted_proxies, vec!["10.0.0.0/8", "192.168.1.1"]);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let c2 = Config::load(
+            None,
+            env(&[("HAVEN_LISTEN", "127.0.0.1:9000")]),
+            &CliOverrides {
+                listen: Some("127.0.0.1:9100".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(c2.server.listen.port(), 9100);
+    }
+
+    #[test]
+    fn typos_in_the_environment_are_errors() {
+        let problems = Config::load(
+            None,
+            env(&[("HAVEN_SERVER__LISTN", "x")]),
+            &CliOverrides::default(),
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "server.listn");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_and_are_redacted() {
+        let mut f = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(b"postgres://u:pw@db/haven\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = f.path().display().to_string();
+        let c = Config::load(
+            None,
+            env(&[("HAVEN_DATABASE__URL_FILE", &path)]),
+            &CliOverrides::default(),
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(c.database_url(), "postgres://u:pw@db/haven");
+        assert!(!c.to_redacted_toml().contains("pw@"));
+    }
+}

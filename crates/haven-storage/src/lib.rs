@@ -1,0 +1,622 @@
+//! Storage adapters: SQLite (embedded default) and PostgreSQL (several nodes), behind the
+//! domain's own ports. One set of statements serves both (see `sql`), and one conformance suite
+//! tests both.
+
+mod audit;
+mod rows;
+mod sql;
+
+pub use audit::{AuditWriter, BufferedAudit};
+
+use haven_identity::model::{Account, AccountStatus, ApiKey, SigningKeyRecord};
+use haven_identity::store::IdentityStore;
+use haven_platform::config::SqliteSynchronous;
+use haven_platform::page::PageRequest;
+use haven_platform::store::{
+    HealthCheck, IdempotencyBegin, IdempotencyClaim, IdempotencyStore, StoreError, StoreResult,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous as Sync_,
+};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) fn backend(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return StoreError::Conflict;
+    }
+    StoreError::Backend(e.to_string())
+}
+
+/// The store selected by the database URL.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Store {
+    /// Connects and applies pending migrations. Refuses a database that a newer Haven migrated
+    /// (migrations only run forward).
+    pub async fn open(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
+        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::Postgres(PgStore::connect(url, opts).await?)
+        } else {
+            Store::Sqlite(SqliteStore::connect(url, opts).await?)
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> StoreResult<Vec<i64>> {
+        let migrator = match self {
+            Store::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+            Store::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        };
+        let before = self.applied_versions().await.unwrap_or_default();
+        let result = match self {
+            Store::Sqlite(s) => migrator.run(&s.writer).await,
+            Store::Postgres(p) => migrator.run(&p.pool).await,
+        };
+        result.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        let after = self.applied_versions().await?;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+    }
+
+    async fn applied_versions(&self) -> StoreResult<Vec<i64>> {
+        let q = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+        let rows: Vec<(i64,)> = match self {
+            Store::Sqlite(s) => sqlx::query_as(q).fetch_all(&s.reader).await,
+            Store::Postgres(p) => sqlx::query_as(q).fetch_all(&p.pool).await,
+        }
+        .map_err(backend)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn identity(&self) -> Arc<dyn IdentityStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn health(&self) -> Arc<dyn HealthCheck> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn audit_writer(&self) -> Arc<dyn AuditWriter> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => {
+                s.writer.close().await;
+                s.reader.close().await;
+            }
+            Store::Postgres(p) => p.pool.close().await,
+        }
+    }
+}
+
+/// SQLite in WAL mode: one writer connection (SQLite allows one writer at a time; a single
+/// connection avoids lock contention entirely) and a pool of readers.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    async fn connect(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
+        let sync = match opts.sqlite_synchronous {
+            SqliteSynchronous::Full => Sync_::Full,
+            SqliteSynchronous::Normal => Sync_::Normal,
+        };
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(backend)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sync)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(backend)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections.max(2))
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(backend)?;
+        Ok(Self { writer, reader })
+    }
+    fn r(&self) -> &SqlitePool {
+        &self.reader
+    }
+    fn w(&self) -> &SqlitePool {
+        &self.writer
+    }
+}
+
+/// PostgreSQL: one pool; concurrency control is the database's.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    async fn connect(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(backend)?
+            .application_name("haven");
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Ok(Self { pool })
+    }
+    fn r(&self) -> &PgPool {
+        &self.pool
+    }
+    fn w(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn json_list(items: impl IntoIterator<Item = String>) -> String {
+    serde_json::to_string(&items.into_iter().collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The same method bodies for both backends; only the pools differ.
+macro_rules! impl_stores {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl IdentityStore for $store {
+            async fn bootstrap(&self, root: &Account, key: &ApiKey) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let inserted = sqlx::query(sql::BOOTSTRAP_ROOT)
+                    .bind(&root.id)
+                    .bind(&root.name)
+                    .bind(root.status.as_str())
+                    .bind(root.created_at_ms)
+                    .bind(root.updated_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                if inserted == 0 {
+                    tx.rollback().await.map_err(backend)?;
+                    return Ok(false);
+                }
+                rows::bind_key(sqlx::query(sql::INSERT_KEY), key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
+            async fn root_account(&self) -> StoreResult<Option<Account>> {
+                let row = sqlx::query(sql::ROOT_ACCOUNT)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| rows::account(&r)).transpose()
+            }
+
+            async fn insert_account(&self, a: &Account) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_ACCOUNT)
+                    .bind(&a.id)
+                    .bind(a.parent_id.as_deref())
+                    .bind(&a.name)
+                    .bind(a.status.as_str())
+                    .bind(a.created_at_ms)
+                    .bind(a.updated_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_account(&self, id: &str) -> StoreResult<Option<Account>> {
+                let row = sqlx::query(sql::GET_ACCOUNT)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| rows::account(&r)).transpose()
+            }
+
+            async fn list_accounts(
+                &self,
+                viewer: &str,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<Account>> {
+                let rows = sqlx::query(sql::LIST_ACCOUNTS)
+                    .bind(viewer)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(rows::account).collect()
+            }
+
+            async fn list_all_accounts(&self, page: &PageRequest) -> StoreResult<Vec<Account>> {
+                let rows = sqlx::query(sql::LIST_ALL_ACCOUNTS)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(rows::account).collect()
+            }
+
+            async fn update_account(
+                &self,
+                id: &str,
+                name: Option<&str>,
+                status: Option<AccountStatus>,
+                now_ms: i64,
+            ) -> StoreResult<Option<Account>> {
+                let row = sqlx::query(sql::UPDATE_ACCOUNT)
+                    .bind(name)
+                    .bind(status.map(AccountStatus::as_str))
+                    .bind(now_ms)
+                    .bind(id)
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| rows::account(&r)).transpose()
+            }
+
+            async fn insert_key(&self, key: &ApiKey) -> StoreResult<()> {
+                rows::bind_key(sqlx::query(sql::INSERT_KEY), key)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>> {
+                let row = sqlx::query(sql::GET_KEY)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| rows::key(&r)).transpose()
+            }
+
+            async fn list_keys(
+                &self,
+                account_id: &str,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<ApiKey>> {
+                let rows = sqlx::query(sql::LIST_KEYS)
+                    .bind(account_id)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(rows::key).collect()
+            }
+
+            async fn rotate_key(
+                &self,
+                id: &str,
+                new_hash: &[u8],
+                previous: Option<(&[u8], i64)>,
+                now_ms: i64,
+            ) -> StoreResult<Option<ApiKey>> {
+                let row = sqlx::query(sql::ROTATE_KEY)
+                    .bind(new_hash)
+                    .bind(previous.map(|p| p.0))
+                    .bind(previous.map(|p| p.1))
+                    .bind(now_ms)
+                    .bind(id)
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| rows::key(&r)).transpose()
+            }
+
+            async fn revoke_key(&self, id: &str, now_ms: i64) -> StoreResult<Option<ApiKey>> {
+                let row = sqlx::query(sql::REVOKE_KEY)
+                    .bind(now_ms)
+                    .bind(id)
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| rows::key(&r)).transpose()
+            }
+
+            async fn touch_key(&self, id: &str, at_ms: i64) -> StoreResult<()> {
+                sqlx::query(sql::TOUCH_KEY)
+                    .bind(at_ms)
+                    .bind(id)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn record_auth_failure(
+                &self,
+                subject: &str,
+                now_ms: i64,
+                window_ms: i64,
+                threshold: i64,
+                lockout_ms: i64,
+            ) -> StoreResult<Option<i64>> {
+                let locked: (Option<i64>,) = sqlx::query_as(sql::RECORD_FAILURE)
+                    .bind(subject)
+                    .bind(now_ms)
+                    .bind(threshold)
+                    .bind(lockout_ms)
+                    .bind(window_ms)
+                    .fetch_one(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(locked.0.filter(|until| *until > now_ms))
+            }
+
+            async fn locked_until(
+                &self,
+                subjects: &[String],
+                now_ms: i64,
+            ) -> StoreResult<Option<i64>> {
+                let row: (Option<i64>,) = match subjects {
+                    [] => return Ok(None),
+                    [one] => {
+                        sqlx::query_as(sql::LOCKED_UNTIL_1)
+                            .bind(one)
+                            .bind(now_ms)
+                            .fetch_one(self.r())
+                            .await
+                    }
+                    [a, b, ..] => {
+                        sqlx::query_as(sql::LOCKED_UNTIL_2)
+                            .bind(a)
+                            .bind(b)
+                            .bind(now_ms)
+                            .fetch_one(self.r())
+                            .await
+                    }
+                }
+                .map_err(backend)?;
+                Ok(row.0)
+            }
+
+            async fn revoke_token(&self, jti: &str, expires_at_ms: i64) -> StoreResult<()> {
+                sqlx::query(sql::REVOKE_TOKEN)
+                    .bind(jti)
+                    .bind(expires_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
+                let row = sqlx::query(sql::TOKEN_REVOKED)
+                    .bind(jti)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                Ok(row.is_some())
+            }
+
+            async fn purge_expired(&self, now_ms: i64) -> StoreResult<u64> {
+                let mut n = sqlx::query(sql::PURGE_TOKENS)
+                    .bind(now_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                // Failure windows are never longer than a day.
+                n += sqlx::query(sql::PURGE_FAILURES)
+                    .bind(now_ms - 86_400_000)
+                    .bind(now_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                n += sqlx::query(sql::PURGE_IDEMPOTENCY)
+                    .bind(now_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(n)
+            }
+
+            async fn list_signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+                let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> =
+                    sqlx::query_as(sql::LIST_SIGNING_KEYS)
+                        .fetch_all(self.r())
+                        .await
+                        .map_err(backend)?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(kid, public_key, sealed_private_key, created_at_ms)| SigningKeyRecord {
+                            kid,
+                            public_key,
+                            sealed_private_key,
+                            created_at_ms,
+                        },
+                    )
+                    .collect())
+            }
+
+            async fn insert_signing_key(&self, k: &SigningKeyRecord) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_SIGNING_KEY)
+                    .bind(&k.kid)
+                    .bind(&k.public_key)
+                    .bind(&k.sealed_private_key)
+                    .bind(k.created_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_system_secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> = sqlx::query_as(sql::GET_SYSTEM_SECRET)
+                    .bind(name)
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(row.map(|r| r.0))
+            }
+
+            async fn put_system_secret(
+                &self,
+                name: &str,
+                sealed: &[u8],
+                now_ms: i64,
+            ) -> StoreResult<bool> {
+                let n = sqlx::query(sql::PUT_SYSTEM_SECRET)
+                    .bind(name)
+                    .bind(sealed)
+                    .bind(now_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl IdempotencyStore for $store {
+            async fn begin(&self, c: &IdempotencyClaim) -> StoreResult<IdempotencyBegin> {
+                // Two tries: the second after clearing an expired claim under the same key.
+                for _ in 0..2 {
+                    let claimed = sqlx::query(sql::IDEM_CLAIM)
+                        .bind(&c.account_id)
+                        .bind(&c.key)
+                        .bind(&c.fingerprint)
+                        .bind(c.now_ms)
+                        .bind(c.expires_ms)
+                        .execute(self.w())
+                        .await
+                        .map_err(backend)?
+                        .rows_affected();
+                    if claimed == 1 {
+                        return Ok(IdempotencyBegin::Claimed);
+                    }
+                    let row: Option<(Vec<u8>, Option<i64>, Option<Vec<u8>>, i64)> =
+                        sqlx::query_as(sql::IDEM_GET)
+                            .bind(&c.account_id)
+                            .bind(&c.key)
+                            .fetch_optional(self.w())
+                            .await
+                            .map_err(backend)?;
+                    let Some((fingerprint, status, body, expires)) = row else {
+                        continue;
+                    };
+                    if expires <= c.now_ms {
+                        sqlx::query(sql::IDEM_DELETE_EXPIRED)
+                            .bind(&c.account_id)
+                            .bind(&c.key)
+                            .bind(c.now_ms)
+                            .execute(self.w())
+                            .await
+                            .map_err(backend)?;
+                        continue;
+                    }
+                    if fingerprint != c.fingerprint {
+                        return Ok(IdempotencyBegin::Mismatch);
+                    }
+                    return Ok(match status {
+                        None => IdempotencyBegin::InProgress,
+                        Some(s) => IdempotencyBegin::Replay {
+                            status: u16::try_from(s).unwrap_or(500),
+                            body: body.unwrap_or_default(),
+                        },
+                    });
+                }
+                Ok(IdempotencyBegin::InProgress)
+            }
+
+            async fn complete(
+                &self,
+                c: &IdempotencyClaim,
+                status: u16,
+                body: &[u8],
+            ) -> StoreResult<()> {
+                sqlx::query(sql::IDEM_COMPLETE)
+                    .bind(i64::from(status))
+                    .bind(body)
+                    .bind(&c.account_id)
+                    .bind(&c.key)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn abandon(&self, c: &IdempotencyClaim) -> StoreResult<()> {
+                sqlx::query(sql::IDEM_ABANDON)
+                    .bind(&c.account_id)
+                    .bind(&c.key)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl HealthCheck for $store {
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query(sql::PING)
+                    .execute(self.r())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_stores!(SqliteStore);
+impl_stores!(PgStore);

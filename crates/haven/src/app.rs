@@ -1,0 +1,386 @@
+//! Wiring: from configuration to opened services, first-start set-up, operator commands.
+
+use clap::Subcommand;
+use haven_crypto::keys::{MasterKey, write_private_file};
+use haven_identity::{DisplayName, Identity, NewKey, Principal, RequestMeta};
+use haven_platform::config::Config;
+use haven_platform::page::PageRequest;
+use haven_storage::{BufferedAudit, Store, StoreOptions};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `prepare` opened.
+pub struct Opened {
+    pub store: Store,
+    pub identity: Arc<Identity>,
+    pub audit: BufferedAudit,
+    pub audit_task: tokio::task::JoinHandle<()>,
+}
+
+pub fn cert_paths(config: &Config) -> (PathBuf, PathBuf) {
+    match (&config.server.tls.cert_file, &config.server.tls.key_file) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => (
+            config.data_dir.join("tls/cert.pem"),
+            config.data_dir.join("tls/key.pem"),
+        ),
+    }
+}
+
+fn load_master_key(config: &Config) -> Result<MasterKey, AnyError> {
+    if let Some(v) = &config.master_key.value {
+        return Ok(MasterKey::from_base64(v.expose())?);
+    }
+    if let Some(f) = &config.master_key.file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| format!("cannot read the master key file {}: {e}", f.display()))?;
+        return Ok(MasterKey::from_base64(&text)?);
+    }
+    let path = config.data_dir.join("master.key");
+    let (key, created) = MasterKey::load_or_create(&path)
+        .map_err(|e| format!("master key {}: {e}", path.display()))?;
+    if created {
+        tracing::info!(path = %path.display(), key_id = key.id(), "created a new master key; back it up: without it the data cannot be read");
+    }
+    Ok(key)
+}
+
+fn ensure_data_dir(dir: &Path) -> Result<(), AnyError> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn ensure_certificate(config: &Config) -> Result<(), AnyError> {
+    if !config.server.tls.enabled || config.server.tls.cert_file.is_some() {
+        return Ok(());
+    }
+    let (cert, key) = cert_paths(config);
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let (cert_pem, key_pem) = haven_crypto::tls::self_signed_localhost()?;
+    write_private_file(&key, key_pem.as_bytes())?;
+    std::fs::write(&cert, cert_pem)?;
+    tracing::warn!(cert = %cert.display(), "created a self-signed certificate for localhost; configure server.tls.cert_file and key_file for production");
+    Ok(())
+}
+
+/// Opens everything the server and the operator commands need, creating what a first start
+/// lacks, and bootstraps the root account.
+pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyError> {
+    ensure_data_dir(&config.data_dir)?;
+    let master = Arc::new(load_master_key(config)?);
+    ensure_certificate(config)?;
+    let opts = StoreOptions {
+        max_connections: config.database.max_connections,
+        sqlite_synchronous: config.database.sqlite_synchronous,
+    };
+    let store = Store::open(&config.database_url(), &opts)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    let (audit, audit_task) = BufferedAudit::start(store.audit_writer());
+    let token_settings = haven_identity::TokenSettings {
+        issuer: public_url,
+        audience: config.oauth.audience.clone(),
+        ttl_seconds: config.oauth.access_token_ttl_seconds,
+        rotation_ms: i64::try_from(config.oauth.signing_key_rotation_days * 86_400_000)
+            .unwrap_or(i64::MAX / 4),
+    };
+    let identity = Identity::open(store.identity(), Arc::new(audit.clone()), Arc::clone(&master), (&config.auth).into(), token_settings)
+        .await
+        .map_err(|e| match e {
+            haven_identity::IdentityError::Crypto(haven_crypto::CryptoError::Unseal) => {
+                "the master key does not match this database (was it initialized with another master key? copy its master.key or set HAVEN_MASTER_KEY_FILE)".to_owned()
+            }
+            other => format!("opening identity: {other}"),
+        })?;
+    let identity = Arc::new(identity);
+    if let Some((account, issued)) = identity.bootstrap("root").await? {
+        let path = config.data_dir.join("bootstrap-admin.json");
+        let doc = serde_json::json!({ "account_id": account.id, "key_id": issued.key.id, "secret": issued.secret });
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        write_private_file(&path, format!("{doc:#}\n").as_bytes())?;
+        // The one time the secret is shown; it never goes to the log.
+        println!(
+            "Created the root account {} and its first admin API key.",
+            account.id
+        );
+        println!("  key id: {}", issued.key.id);
+        println!(
+            "  secret: {}   (shown once; also saved to {}, mode 0600)",
+            issued.secret,
+            path.display()
+        );
+    }
+    Ok(Opened {
+        store,
+        identity,
+        audit,
+        audit_task,
+    })
+}
+
+impl Opened {
+    pub async fn close(self) {
+        self.audit.flush().await;
+        drop(self.identity);
+        drop(self.audit);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.audit_task).await;
+        self.store.close().await;
+    }
+
+    async fn operator(&self) -> Result<Principal, AnyError> {
+        let root = self
+            .identity
+            .root_account()
+            .await?
+            .ok_or("no root account")?;
+        Ok(Principal::operator(&root.id))
+    }
+}
+
+pub async fn init(config: &Config) -> Result<(), AnyError> {
+    let opened = prepare(config, config.public_url()).await?;
+    opened.identity.audit_admin_command("init", None).await;
+    println!("Haven is initialized in {}.", config.data_dir.display());
+    opened.close().await;
+    Ok(())
+}
+
+pub async fn migrate(config: &Config) -> Result<(), AnyError> {
+    let opts = StoreOptions {
+        max_connections: 2,
+        sqlite_synchronous: config.database.sqlite_synchronous,
+    };
+    ensure_data_dir(&config.data_dir)?;
+    let store = Store::open(&config.database_url(), &opts).await?;
+    let applied = store.migrate().await?;
+    println!(
+        "{} database is up to date ({} migration(s) applied now).",
+        store.backend_name(),
+        applied.len()
+    );
+    store.close().await;
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// List every account.
+    List,
+    /// Create a master account (a separate tenant), or a subaccount with --parent.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Suspend an account: its credentials (and its subaccounts') stop working.
+    Suspend { account_id: String },
+    /// Reactivate a suspended account.
+    Reactivate { account_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// List an account's API keys.
+    List {
+        #[arg(long)]
+        account: String,
+    },
+    /// Create an API key; prints its secret once.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        /// A scope such as messages:write (repeat for more).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// A CIDR block the key may be used from (repeat for more).
+        #[arg(long = "allow")]
+        allowed_cidrs: Vec<String>,
+        /// RFC 3339 expiry.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// Revoke an API key.
+    Revoke {
+        #[arg(long)]
+        account: String,
+        key_id: String,
+    },
+    /// Make a new OAuth token signing key now (running servers pick it up within
+    /// oauth.keyset_refresh_seconds; the old key stays published until its tokens expire).
+    RotateSigning,
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn account_json(a: &haven_identity::Account) -> serde_json::Value {
+    serde_json::json!({ "id": a.id, "parent_account_id": a.parent_id, "name": a.name, "status": a.status.as_str(),
+        "created_at": haven_platform::clock::to_rfc3339(a.created_at_ms) })
+}
+
+fn key_json(k: &haven_identity::ApiKey) -> serde_json::Value {
+    serde_json::json!({ "id": k.id, "account_id": k.account_id, "name": k.name, "scopes": k.scopes.to_strings(),
+        "status": k.status(haven_platform::clock::now_ms()).as_str() })
+}
+
+pub async fn accounts(config: &Config, cmd: AccountsCommand) -> Result<(), AnyError> {
+    let opened = prepare(config, config.public_url()).await?;
+    let result = run_accounts(&opened, cmd).await;
+    opened.close().await;
+    result
+}
+
+async fn run_accounts(o: &Opened, cmd: AccountsCommand) -> Result<(), AnyError> {
+    let op = o.operator().await?;
+    let meta = RequestMeta::default();
+    match cmd {
+        AccountsCommand::List => {
+            let mut page = PageRequest::parse(Some(200), None)?;
+            loop {
+                let p = o.identity.list_accounts(&op, &page).await?;
+                for a in &p.items {
+                    print_json(&account_json(a));
+                }
+                match p.next_cursor {
+                    Some(c) => page = PageRequest::parse(Some(200), Some(&c))?,
+                    None => break,
+                }
+            }
+            o.identity.audit_admin_command("accounts list", None).await;
+        }
+        AccountsCommand::Create { name, parent } => {
+            let name = DisplayName::parse("name", &name).map_err(|e| e.message)?;
+            let a = o
+                .identity
+                .admin_create_account(&op, name, parent.as_deref(), &meta)
+                .await?;
+            o.identity
+                .audit_admin_command("accounts create", Some(("account", &a.id)))
+                .await;
+            print_json(&account_json(&a));
+        }
+        AccountsCommand::Suspend { account_id } => {
+            let patch = haven_identity::AccountPatch {
+                name: None,
+                status: Some(haven_identity::AccountStatus::Suspended),
+            };
+            let a = o
+                .identity
+                .update_account(&op, &account_id, patch, &meta)
+                .await?;
+            o.identity
+                .audit_admin_command("accounts suspend", Some(("account", &a.id)))
+                .await;
+            print_json(&account_json(&a));
+        }
+        AccountsCommand::Reactivate { account_id } => {
+            let patch = haven_identity::AccountPatch {
+                name: None,
+                status: Some(haven_identity::AccountStatus::Active),
+            };
+            let a = o
+                .identity
+                .update_account(&op, &account_id, patch, &meta)
+                .await?;
+            o.identity
+                .audit_admin_command("accounts reactivate", Some(("account", &a.id)))
+                .await;
+            print_json(&account_json(&a));
+        }
+    }
+    Ok(())
+}
+
+pub async fn keys(config: &Config, cmd: KeysCommand) -> Result<(), AnyError> {
+    let opened = prepare(config, config.public_url()).await?;
+    let result = run_keys(&opened, cmd).await;
+    opened.close().await;
+    result
+}
+
+async fn run_keys(o: &Opened, cmd: KeysCommand) -> Result<(), AnyError> {
+    let op = o.operator().await?;
+    let meta = RequestMeta::default();
+    match cmd {
+        KeysCommand::List { account } => {
+            let mut page = PageRequest::parse(Some(200), None)?;
+            loop {
+                let p = o.identity.list_keys(&op, &account, &page).await?;
+                for k in &p.items {
+                    print_json(&key_json(k));
+                }
+                match p.next_cursor {
+                    Some(c) => page = PageRequest::parse(Some(200), Some(&c))?,
+                    None => break,
+                }
+            }
+            o.identity
+                .audit_admin_command("keys list", Some(("account", &account)))
+                .await;
+        }
+        KeysCommand::Create {
+            account,
+            name,
+            scopes,
+            allowed_cidrs,
+            expires_at,
+        } => {
+            let req = NewKey::parse(
+                &name,
+                &scopes,
+                &allowed_cidrs,
+                expires_at.as_deref(),
+                haven_platform::clock::now_ms(),
+            )
+            .map_err(|errs| {
+                errs.iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            let issued = o.identity.create_key(&op, &account, req, &meta).await?;
+            o.identity
+                .audit_admin_command("keys create", Some(("key", &issued.key.id)))
+                .await;
+            let mut v = key_json(&issued.key);
+            v["secret"] = serde_json::Value::String(issued.secret);
+            print_json(&v);
+        }
+        KeysCommand::Revoke { account, key_id } => {
+            let k = o.identity.revoke_key(&op, &account, &key_id, &meta).await?;
+            o.identity
+                .audit_admin_command("keys revoke", Some(("key", &k.id)))
+                .await;
+            print_json(&key_json(&k));
+        }
+        KeysCommand::RotateSigning => {
+            let kid = o
+                .identity
+                .tokens()
+                .rotate(haven_platform::clock::now_ms())
+                .await?;
+            o.identity
+                .audit_admin_command("keys rotate-signing", Some(("signing_key", &kid)))
+                .await;
+            println!("{kid}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! The HTTPS server: rustls (TLS 1.2 minimum) in front of hyper and the axum application, with
+//! graceful shutdown on SIGTERM and Ctrl-C.
+
+use crate::app::{self, AnyError};
+use haven_http::{AppState, HttpSettings, PeerAddr};
+use haven_platform::config::Config;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn tls_acceptor(config: &Config) -> Result<TlsAcceptor, AnyError> {
+    let (cert_path, key_path) = app::cert_paths(config);
+    let certs = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| format!("reading {}: {e}", cert_path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("reading {}: {e}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| format!("reading {}: {e}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyError> {
+    if !config.metrics.enabled {
+        return Ok(None);
+    }
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("haven_http_request_duration_seconds".to_owned()),
+            &buckets,
+        )?
+        .install_recorder()?;
+    Ok(Some(handle))
+}
+
+pub async fn serve(config: Config) -> Result<(), AnyError> {
+    let tls = config.server.tls.enabled;
+    if !tls {
+        tracing::warn!(
+            "TLS IS DISABLED: serving plain HTTP. Use this only behind a TLS-terminating proxy or on loopback for development."
+        );
+        eprintln!(
+            "haven: WARNING: TLS is disabled (server.tls.enabled = false); serving plain HTTP"
+        );
+    }
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let local = listener.local_addr()?;
+    let _ = std::fs::remove_file(config.data_dir.join("listen.addr"));
+    // With port 0 the default public URL (the OAuth issuer) must name the port actually bound.
+    let public_url = match &config.server.public_url {
+        Some(_) => config.public_url(),
+        None => format!(
+            "{}://localhost:{}",
+            if tls { "https" } else { "http" },
+            local.port()
+        ),
+    };
+    let opened = app::prepare(&config, public_url.clone()).await?;
+    let acceptor = if tls {
+        Some(tls_acceptor(&config)?)
+    } else {
+        None
+    };
+    let metrics = metrics_recorder(&config)?;
+    let mut trusted_proxies = Vec::new();
+    for p in &config.server.trusted_proxies {
+        if let Some(n) = haven_identity::parse_cidr(p) {
+            trusted_proxies.push(n);
+        }
+    }
+    let openapi_json = haven_http::openapi_document().to_json()?;
+    let state = Arc::new(AppState {
+        identity: Arc::clone(&opened.identity),
+        idempotency: opened.store.idempotency(),
+        health: opened.store.health(),
+        metrics: metrics.clone(),
+        settings: HttpSettings {
+            body_limit: config.server.body_limit_bytes,
+            request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
+            tls,
+            hsts_max_age_seconds: config.server.hsts_max_age_seconds,
+            trusted_proxies,
+            public_url,
+            metrics_token: config.metrics.bearer_token.clone(),
+        },
+        ready: std::sync::atomic::AtomicBool::new(true),
+        openapi_json,
+    });
+    let app = haven_http::app(Arc::clone(&state));
+
+    // Scripts and tests that asked for port 0 learn the port here.
+    std::fs::write(config.data_dir.join("listen.addr"), format!("{local}\n"))?;
+    tracing::info!(addr = %local, tls, database = opened.store.backend_name(), version = env!("CARGO_PKG_VERSION"), "listening");
+
+    let maintenance = {
+        let identity = Arc::clone(&opened.identity);
+        let every = Duration::from_secs(config.oauth.keyset_refresh_seconds);
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = identity.maintain().await {
+                    tracing::warn!(error = %e, "maintenance failed");
+                }
+                if let Some(m) = &metrics {
+                    m.run_upkeep();
+                }
+            }
+        })
+    };
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let graceful = GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match acceptor {
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+                None => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+            }
+        });
+    }
+
+    tracing::info!("shutting down: no new connections; draining");
+    state.ready.store(false, Ordering::Relaxed);
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in time");
+    }
+    maintenance.abort();
+    drop(app);
+    drop(state);
+    opened.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

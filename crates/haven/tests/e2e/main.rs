@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `haven` binary, over HTTPS, on SQLite and on PostgreSQL.
+
+mod common;
+
+mod accounts;
+mod bad_input;
+mod cli;
+mod cluster;
+mod isolation;
+mod oauth;
+mod surface;
