@@ -19,6 +19,8 @@ pub trait AuditWriter: Send + Sync {
     async fn append(&self, events: &[AuditEvent]) -> StoreResult<()>;
 }
 
+// Nearly every item is an event; boxing it would add an allocation per event on the hot path.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Event(AuditEvent, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),

@@ -472,12 +472,7 @@ async fn restart_keeps_state(backend: Backend) {
     .await;
     s2.admin = admin;
     // No second bootstrap: the root and its key are the same.
-    assert!(
-        !s2.stdout()
-            .matches("Created the root account")
-            .nth(1)
-            .is_some()
-    );
+    assert_eq!(s2.stdout().matches("Created the root account").count(), 1);
     let (st, body) = send(s2.admin(Method::GET, &format!("/v1/accounts/{sub}"))).await;
     assert_eq!(
         (st.as_u16(), body["name"].as_str()),

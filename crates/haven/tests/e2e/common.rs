@@ -234,10 +234,10 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(dir.join("listen.addr")) {
-                if a.ends_with('\n') {
-                    break a.trim().to_owned();
-                }
+            if let Ok(a) = std::fs::read_to_string(dir.join("listen.addr"))
+                && a.ends_with('\n')
+            {
+                break a.trim().to_owned();
             }
             if let Some(status) = server
                 .child
