@@ -124,7 +124,7 @@ impl Identity {
         if !is_id(ACCOUNT_PREFIX, account_id) {
             return Err(IdentityError::NotFound);
         }
-        match self.store.get_account(account_id).await? {
+        match self.load_account(account_id).await? {
             Some(a) if p.can_see(&a) => Ok(a),
             _ => Err(IdentityError::NotFound),
         }
@@ -256,7 +256,7 @@ impl Identity {
             .update_account(&account.id, name_change, status_change, now_ms())
             .await?
             .ok_or(IdentityError::NotFound)?;
-        self.cache.clear();
+        self.invalidate();
         let actor = p.actor(meta);
         if name_change.is_some() {
             self.audit(
@@ -387,7 +387,7 @@ impl Identity {
             .revoke_key(&key.id, now_ms())
             .await?
             .ok_or(IdentityError::NotFound)?;
-        self.cache.clear();
+        self.invalidate();
         self.audit(
             AuditAction::KeyRevoked,
             Outcome::Success,
@@ -429,7 +429,7 @@ impl Identity {
             .rotate_key(&key.id, &self.hasher.hash(&secret), previous, now)
             .await?
             .ok_or(IdentityError::Conflict("only an active key can be rotated"))?;
-        self.cache.clear();
+        self.invalidate();
         self.audit(
             AuditAction::KeyRotated,
             Outcome::Success,

@@ -221,14 +221,14 @@ impl Identity {
 
     /// The account if it and every ancestor are active.
     pub(crate) async fn active_chain(&self, account_id: &str) -> IdentityResult<Option<Account>> {
-        let Some(account) = self.store.get_account(account_id).await? else {
+        let Some(account) = self.load_account(account_id).await? else {
             return Ok(None);
         };
         if account.status != crate::AccountStatus::Active {
             return Ok(None);
         }
         if let Some(parent) = &account.parent_id {
-            match self.store.get_account(parent).await? {
+            match self.load_account(parent).await? {
                 Some(p) if p.status == crate::AccountStatus::Active => {}
                 _ => return Ok(None),
             }
@@ -424,7 +424,7 @@ impl Identity {
         self.store
             .revoke_token(&claims.jti, claims.exp.saturating_mul(1000))
             .await?;
-        self.cache.clear();
+        self.invalidate();
         self.audit(
             AuditAction::TokenRevoked,
             Outcome::Success,

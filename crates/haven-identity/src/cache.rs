@@ -1,30 +1,28 @@
-//! A short-lived cache of verified credentials, so that the hot path of an authenticated request
-//! does not touch the database. Entries live at most `ttl` (≤ 1 s, enforced by configuration),
-//! which bounds how late a revocation made on another node takes effect here; changes made on
-//! this node clear the cache at once.
+//! Short-lived caches that keep the hot path of an authenticated request off the database:
+//! verified credentials and account records. Entries live at most `ttl` (≤ 1 s, enforced by
+//! configuration), which bounds how late a change made on another node takes effect here;
+//! changes made on this node clear the caches at once.
 
-use crate::Principal;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::Hash;
+use std::sync::Mutex;
 
 const SHARDS: usize = 16;
-/// Per shard; past it the shard is emptied (cheap, and a full cache means we are under an
-/// unusual load of distinct credentials anyway).
+/// Per shard; past it the shard is emptied (cheap, and a full cache means an unusual load of
+/// distinct keys anyway).
 const MAX_ENTRIES_PER_SHARD: usize = 4096;
 
-type Digest = [u8; 32];
-
-struct Entry {
-    principal: Arc<Principal>,
+struct Entry<V> {
+    value: V,
     expires_ms: i64,
 }
 
-pub struct CredentialCache {
+pub struct TtlCache<K, V> {
     ttl_ms: i64,
-    shards: Vec<Mutex<HashMap<Digest, Entry>>>,
+    shards: Vec<Mutex<HashMap<K, Entry<V>>>>,
 }
 
-impl CredentialCache {
+impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
     pub fn new(ttl_ms: u64) -> Self {
         Self {
             ttl_ms: i64::try_from(ttl_ms).unwrap_or(1000),
@@ -32,29 +30,26 @@ impl CredentialCache {
         }
     }
 
-    fn shard(&self, d: &Digest) -> &Mutex<HashMap<Digest, Entry>> {
-        &self.shards[usize::from(d[0]) % SHARDS]
+    fn shard(&self, key: &K) -> &Mutex<HashMap<K, Entry<V>>> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key);
+        &self.shards[(h as usize) % SHARDS]
     }
 
-    pub fn get(&self, d: &Digest, now_ms: i64) -> Option<Arc<Principal>> {
+    pub fn get(&self, key: &K, now_ms: i64) -> Option<V> {
         if self.ttl_ms == 0 {
             return None;
         }
-        let shard = self.shard(d).lock().ok()?;
+        let shard = self.shard(key).lock().ok()?;
         shard
-            .get(d)
+            .get(key)
             .filter(|e| e.expires_ms > now_ms)
-            .map(|e| Arc::clone(&e.principal))
+            .map(|e| e.value.clone())
     }
 
     /// Caches until `now + ttl`, or `not_after` if sooner (a token's expiry).
-    pub fn insert(
-        &self,
-        d: Digest,
-        principal: Arc<Principal>,
-        now_ms: i64,
-        not_after_ms: Option<i64>,
-    ) {
+    pub fn insert(&self, key: K, value: V, now_ms: i64, not_after_ms: Option<i64>) {
         if self.ttl_ms == 0 {
             return;
         }
@@ -62,17 +57,11 @@ impl CredentialCache {
         if let Some(n) = not_after_ms {
             expires_ms = expires_ms.min(n);
         }
-        if let Ok(mut shard) = self.shard(&d).lock() {
+        if let Ok(mut shard) = self.shard(&key).lock() {
             if shard.len() >= MAX_ENTRIES_PER_SHARD {
                 shard.clear();
             }
-            shard.insert(
-                d,
-                Entry {
-                    principal,
-                    expires_ms,
-                },
-            );
+            shard.insert(key, Entry { value, expires_ms });
         }
     }
 
@@ -83,5 +72,27 @@ impl CredentialCache {
                 s.clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_clear() {
+        let c: TtlCache<String, u32> = TtlCache::new(500);
+        c.insert("a".into(), 1, 1000, None);
+        c.insert("b".into(), 2, 1000, Some(1200));
+        assert_eq!(c.get(&"a".into(), 1499), Some(1));
+        assert_eq!(c.get(&"a".into(), 1500), None);
+        assert_eq!(c.get(&"b".into(), 1199), Some(2));
+        assert_eq!(c.get(&"b".into(), 1200), None);
+        c.insert("a".into(), 1, 2000, None);
+        c.clear();
+        assert_eq!(c.get(&"a".into(), 2001), None);
+        let off: TtlCache<String, u32> = TtlCache::new(0);
+        off.insert("a".into(), 1, 0, None);
+        assert_eq!(off.get(&"a".into(), 0), None);
     }
 }

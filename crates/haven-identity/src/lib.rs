@@ -109,7 +109,10 @@ pub struct Identity {
     store: Arc<dyn IdentityStore>,
     audit: Arc<dyn AuditSink>,
     hasher: SecretHasher,
-    cache: cache::CredentialCache,
+    /// Verified credentials, by keyed digest of what was presented.
+    cache: cache::TtlCache<[u8; 32], Arc<Principal>>,
+    /// Account records, for the auth slow path and reads.
+    accounts: cache::TtlCache<String, Account>,
     settings: AuthSettings,
     tokens: tokens::TokenService,
     touched: Mutex<HashMap<String, i64>>,
@@ -145,7 +148,8 @@ impl Identity {
         let pepper = master.open(&context, &sealed)?;
         let tokens = tokens::TokenService::open(Arc::clone(&store), master, token_settings).await?;
         Ok(Self {
-            cache: cache::CredentialCache::new(settings.cache_ttl_ms),
+            cache: cache::TtlCache::new(settings.cache_ttl_ms),
+            accounts: cache::TtlCache::new(settings.cache_ttl_ms),
             store,
             audit,
             hasher: SecretHasher::new(&pepper),
@@ -178,6 +182,26 @@ impl Identity {
         }
         self.store.purge_expired(now).await?;
         Ok(())
+    }
+
+    /// Forgets every cached credential and account: after any change on this node.
+    pub(crate) fn invalidate(&self) {
+        self.cache.clear();
+        self.accounts.clear();
+    }
+
+    /// An account record, from the cache (≤ 1 s old) or the store.
+    pub(crate) async fn load_account(&self, id: &str) -> IdentityResult<Option<Account>> {
+        let now = haven_platform::clock::now_ms();
+        let key = id.to_owned();
+        if let Some(a) = self.accounts.get(&key, now) {
+            return Ok(Some(a));
+        }
+        let found = self.store.get_account(id).await?;
+        if let Some(a) = &found {
+            self.accounts.insert(key, a.clone(), now, None);
+        }
+        Ok(found)
     }
 
     async fn audit(

@@ -10,6 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 1000;
+/// How long queued (not waited-for) events may wait for companions before they are written.
+const LINGER: Duration = Duration::from_millis(5);
 /// Events waiting for the writer before `record`/`enqueue` wait for room (back-pressure).
 const QUEUE: usize = 16_384;
 
@@ -40,17 +42,21 @@ impl BufferedAudit {
             let mut events = Vec::with_capacity(MAX_BATCH);
             let mut waiters = Vec::new();
             while let Some(first) = rx.recv().await {
-                let mut next = Some(first);
-                while let Some(item) = next.take() {
-                    match item {
-                        Item::Event(e, w) => {
-                            events.push(e);
-                            waiters.extend(w);
-                        }
-                        Item::Flush(w) => waiters.push(w),
+                accept(first, &mut events, &mut waiters);
+                // Queued events linger briefly so that one commit carries many (far fewer
+                // wake-ups of the database thread under load); a caller waiting for durability
+                // ends the linger at once.
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while events.len() < MAX_BATCH && waiters.is_empty() {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(item)) => accept(item, &mut events, &mut waiters),
+                        Ok(None) | Err(_) => break,
                     }
-                    if events.len() < MAX_BATCH {
-                        next = rx.try_recv().ok();
+                }
+                while events.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => accept(item, &mut events, &mut waiters),
+                        Err(_) => break,
                     }
                 }
                 if !events.is_empty() {
@@ -71,6 +77,16 @@ impl BufferedAudit {
         if self.tx.send(Item::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+fn accept(item: Item, events: &mut Vec<AuditEvent>, waiters: &mut Vec<oneshot::Sender<()>>) {
+    match item {
+        Item::Event(e, w) => {
+            events.push(e);
+            waiters.extend(w);
+        }
+        Item::Flush(w) => waiters.push(w),
     }
 }
 
