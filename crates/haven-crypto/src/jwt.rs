@@ -68,6 +68,11 @@ impl SigningKey {
         self.pair.public_key().as_ref().to_vec()
     }
 
+    /// Signs arbitrary bytes (tree heads).
+    pub fn sign_raw(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+
     /// Signs `claims` as `header.payload.signature`.
     pub fn sign<C: Serialize>(&self, claims: &C) -> Result<String, CryptoError> {
         let header = Header {

@@ -44,6 +44,9 @@ pub struct HttpSettings {
 
 pub struct AppState {
     pub identity: Arc<Identity>,
+    pub audit: Arc<haven_audit::AuditLog>,
+    /// The operator's account, made at bootstrap.
+    pub root_account_id: String,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub health: Arc<dyn HealthCheck>,
     pub metrics: Option<PrometheusHandle>,
@@ -65,6 +68,7 @@ pub struct AppState {
         (name = "accounts", description = "Accounts and subaccounts (departments)"),
         (name = "keys", description = "API keys"),
         (name = "oauth", description = "OAuth 2.0 client credentials"),
+        (name = "audit", description = "The tamper-evident audit log (RFC 6962 Merkle tree)"),
         (name = "system", description = "Health, metrics and documentation"),
     )
 )]
@@ -87,13 +91,17 @@ impl Modify for SecuritySchemes {
 
 /// Every route with its documentation; the two cannot drift apart.
 fn api() -> OpenApiRouter<Arc<AppState>> {
-    use routes::{accounts, keys, oauth, system};
+    use routes::{accounts, audit, keys, oauth, system};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create_account, accounts::list_accounts))
         .routes(routes!(accounts::get_account, accounts::update_account))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::get_key, keys::revoke_key))
         .routes(routes!(keys::rotate_key))
+        .routes(routes!(audit::list_events))
+        .routes(routes!(audit::event_proof))
+        .routes(routes!(audit::tree_head))
+        .routes(routes!(audit::consistency))
         .routes(routes!(oauth::token))
         .routes(routes!(oauth::revoke))
         .routes(routes!(oauth::introspect))

@@ -77,6 +77,8 @@ pub struct Actor {
 
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
+    /// `evt_…`, assigned when the event is made.
+    pub id: String,
     pub at_ms: i64,
     pub action: AuditAction,
     pub outcome: Outcome,
@@ -90,6 +92,7 @@ pub struct AuditEvent {
 impl AuditEvent {
     pub fn new(action: AuditAction, outcome: Outcome, actor: Actor) -> Self {
         Self {
+            id: crate::id::new_id("evt"),
             at_ms: crate::clock::now_ms(),
             action,
             outcome,

@@ -1,9 +1,13 @@
-//! The interim audit log: events appended to `audit_events` with group commit. The trust core
-//! replaces the table with a tamper-evident log behind the same `AuditSink` interface.
+//! The audit log's storage, and the group-commit writer that feeds it from every request.
 
 use crate::{PgStore, SqliteStore, backend, sql};
+use haven_audit::merkle::{Hash, NodeKey};
+use haven_audit::{AuditStore, EventQuery, StoredEvent, TreeHead};
 use haven_platform::audit::{AuditEvent, AuditSink};
-use haven_platform::store::StoreResult;
+use haven_platform::page::PageRequest;
+use haven_platform::store::{StoreError, StoreResult};
+use sqlx::Row;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -15,12 +19,6 @@ const LINGER: Duration = Duration::from_millis(5);
 /// Events waiting for the writer before `record`/`enqueue` wait for room (back-pressure).
 const QUEUE: usize = 16_384;
 
-#[async_trait::async_trait]
-pub trait AuditWriter: Send + Sync {
-    /// Appends the events in one transaction.
-    async fn append(&self, events: &[AuditEvent]) -> StoreResult<()>;
-}
-
 // Nearly every item is an event; boxing it would add an allocation per event on the hot path.
 #[allow(clippy::large_enum_variant)]
 enum Item {
@@ -28,24 +26,32 @@ enum Item {
     Flush(oneshot::Sender<()>),
 }
 
-/// Batches events from every request into one transaction per batch, so that appending costs a
-/// commit per batch rather than per event.
+/// Batches events from every request into one append (one transaction) per batch.
 #[derive(Clone)]
 pub struct BufferedAudit {
     tx: mpsc::Sender<Item>,
 }
 
+fn accept(item: Item, events: &mut Vec<AuditEvent>, waiters: &mut Vec<oneshot::Sender<()>>) {
+    match item {
+        Item::Event(e, w) => {
+            events.push(e);
+            waiters.extend(w);
+        }
+        Item::Flush(w) => waiters.push(w),
+    }
+}
+
 impl BufferedAudit {
-    pub fn start(writer: Arc<dyn AuditWriter>) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(store: Arc<dyn AuditStore>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
         let task = tokio::spawn(async move {
             let mut events = Vec::with_capacity(MAX_BATCH);
             let mut waiters = Vec::new();
             while let Some(first) = rx.recv().await {
                 accept(first, &mut events, &mut waiters);
-                // Queued events linger briefly so that one commit carries many (far fewer
-                // wake-ups of the database thread under load); a caller waiting for durability
-                // ends the linger at once.
+                // Queued events linger briefly so that one commit carries many; a caller waiting
+                // for durability ends the linger at once.
                 let deadline = tokio::time::Instant::now() + LINGER;
                 while events.len() < MAX_BATCH && waiters.is_empty() {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -60,7 +66,7 @@ impl BufferedAudit {
                     }
                 }
                 if !events.is_empty() {
-                    write_until_done(writer.as_ref(), &events).await;
+                    write_until_done(store.as_ref(), &events).await;
                     events.clear();
                 }
                 for w in waiters.drain(..) {
@@ -80,23 +86,13 @@ impl BufferedAudit {
     }
 }
 
-fn accept(item: Item, events: &mut Vec<AuditEvent>, waiters: &mut Vec<oneshot::Sender<()>>) {
-    match item {
-        Item::Event(e, w) => {
-            events.push(e);
-            waiters.extend(w);
-        }
-        Item::Flush(w) => waiters.push(w),
-    }
-}
-
 /// Audit events are never dropped: a failing database is retried with backoff, and the queue
 /// filling up meanwhile slows requests down (back-pressure) instead.
-async fn write_until_done(writer: &dyn AuditWriter, events: &[AuditEvent]) {
+async fn write_until_done(store: &dyn AuditStore, events: &[AuditEvent]) {
     let mut delay = Duration::from_millis(50);
     loop {
-        match writer.append(events).await {
-            Ok(()) => return,
+        match store.append(events).await {
+            Ok(_) => return,
             Err(e) => {
                 tracing::error!(error = %e, events = events.len(), "appending audit events failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -124,36 +120,280 @@ impl AuditSink for BufferedAudit {
     }
 }
 
-macro_rules! impl_writer {
-    ($store:ty, $db:ty) => {
+fn to_hash(v: Vec<u8>) -> StoreResult<Hash> {
+    v.try_into()
+        .map_err(|_| StoreError::Backend("stored audit hash is not 32 bytes".into()))
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn event_row<R: Row>(r: &R) -> StoreResult<StoredEvent>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredEvent {
+        leaf_index: u(r.try_get("leaf_index").map_err(backend)?),
+        id: r.try_get("event_id").map_err(backend)?,
+        at_ms: r.try_get("at_ms").map_err(backend)?,
+        action: r.try_get("action").map_err(backend)?,
+        outcome: r.try_get("outcome").map_err(backend)?,
+        account_id: r.try_get("account_id").map_err(backend)?,
+        credential_id: r.try_get("credential_id").map_err(backend)?,
+        auth_method: r.try_get("auth_method").map_err(backend)?,
+        source_addr: r.try_get("source_addr").map_err(backend)?,
+        user_agent: r.try_get("user_agent").map_err(backend)?,
+        resource_type: r.try_get("resource_type").map_err(backend)?,
+        resource_id: r.try_get("resource_id").map_err(backend)?,
+        reason: r.try_get("reason").map_err(backend)?,
+        request_id: r.try_get("request_id").map_err(backend)?,
+        leaf: r.try_get("leaf").map_err(backend)?,
+    })
+}
+
+macro_rules! impl_audit_store {
+    ($store:ty, $db:ty, $lock_state:expr) => {
+        impl $store {
+            async fn fetch_nodes<'e, E>(
+                exec: E,
+                keys: &[NodeKey],
+            ) -> StoreResult<HashMap<NodeKey, Hash>>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                let mut out = HashMap::with_capacity(keys.len());
+                if keys.is_empty() {
+                    return Ok(out);
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT level, idx, hash FROM audit_nodes WHERE ",
+                );
+                for (n, (level, idx)) in keys.iter().enumerate() {
+                    if n > 0 {
+                        qb.push(" OR ");
+                    }
+                    qb.push("(level = ")
+                        .push_bind(i64::from(*level))
+                        .push(" AND idx = ")
+                        .push_bind(i(*idx))
+                        .push(")");
+                }
+                let rows: Vec<(i64, i64, Vec<u8>)> =
+                    qb.build_query_as().fetch_all(exec).await.map_err(backend)?;
+                for (level, idx, hash) in rows {
+                    out.insert((u8::try_from(level).unwrap_or(0), u(idx)), to_hash(hash)?);
+                }
+                Ok(out)
+            }
+        }
+
         #[async_trait::async_trait]
-        impl AuditWriter for $store {
-            async fn append(&self, events: &[AuditEvent]) -> StoreResult<()> {
+        impl AuditStore for $store {
+            async fn append(&self, events: &[AuditEvent]) -> StoreResult<u64> {
                 let mut tx = self.w().begin().await.map_err(backend)?;
-                for chunk in events.chunks(500) {
+                // Serializes appends: the state row is locked until commit (PostgreSQL); SQLite
+                // has one writer.
+                let (size,): (i64,) = sqlx::query_as($lock_state)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let size = u(size);
+                let frontier =
+                    Self::fetch_nodes(&mut *tx, &haven_audit::merkle::frontier(size)).await?;
+                let (stored, nodes) = haven_audit::plan_append(size, &frontier, events)?;
+                for chunk in stored.chunks(400) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(sql::AUDIT_INSERT_PREFIX);
                     qb.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.at_ms)
-                            .push_bind(e.action.as_str())
-                            .push_bind(e.outcome.as_str())
-                            .push_bind(e.actor.account_id.clone())
-                            .push_bind(e.actor.credential_id.clone())
-                            .push_bind(e.actor.auth_method)
-                            .push_bind(e.actor.source_addr.map(|a| a.to_string()))
-                            .push_bind(e.actor.user_agent.clone())
-                            .push_bind(e.resource_type)
+                        b.push_bind(i(e.leaf_index))
+                            .push_bind(e.id.clone())
+                            .push_bind(e.at_ms)
+                            .push_bind(e.action.clone())
+                            .push_bind(e.outcome.clone())
+                            .push_bind(e.account_id.clone())
+                            .push_bind(e.credential_id.clone())
+                            .push_bind(e.auth_method.clone())
+                            .push_bind(e.source_addr.clone())
+                            .push_bind(e.user_agent.clone())
+                            .push_bind(e.resource_type.clone())
                             .push_bind(e.resource_id.clone())
-                            .push_bind(e.reason)
-                            .push_bind(e.actor.request_id.clone());
+                            .push_bind(e.reason.clone())
+                            .push_bind(e.request_id.clone())
+                            .push_bind(e.leaf.clone());
                     });
                     qb.build().execute(&mut *tx).await.map_err(backend)?;
                 }
+                for chunk in nodes.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO audit_nodes (level, idx, hash) ",
+                    );
+                    qb.push_values(chunk, |mut b, ((level, idx), hash)| {
+                        b.push_bind(i64::from(*level))
+                            .push_bind(i(*idx))
+                            .push_bind(hash.to_vec());
+                    });
+                    qb.build().execute(&mut *tx).await.map_err(backend)?;
+                }
+                let new_size = size + stored.len() as u64;
+                sqlx::query(sql::AUDIT_SET_SIZE)
+                    .bind(i(new_size))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
+                Ok(new_size)
+            }
+
+            async fn tree_size(&self) -> StoreResult<u64> {
+                let (n,): (i64,) = sqlx::query_as(sql::AUDIT_SIZE)
+                    .fetch_one(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(u(n))
+            }
+
+            async fn nodes(&self, keys: &[NodeKey]) -> StoreResult<HashMap<NodeKey, Hash>> {
+                let mut out = HashMap::new();
+                for chunk in keys.chunks(400) {
+                    out.extend(Self::fetch_nodes(self.w(), chunk).await?);
+                }
+                Ok(out)
+            }
+
+            async fn latest_tree_head(&self) -> StoreResult<Option<TreeHead>> {
+                let row: Option<(i64, i64, Vec<u8>, Vec<u8>)> =
+                    sqlx::query_as(sql::AUDIT_LATEST_HEAD)
+                        .fetch_optional(self.w())
+                        .await
+                        .map_err(backend)?;
+                row.map(|(s, t, r, sig)| {
+                    Ok(TreeHead {
+                        tree_size: u(s),
+                        timestamp_ms: t,
+                        root_hash: to_hash(r)?,
+                        signature: sig,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn tree_heads(&self) -> StoreResult<Vec<TreeHead>> {
+                let rows: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(sql::AUDIT_HEADS)
+                    .fetch_all(self.w())
+                    .await
+                    .map_err(backend)?;
+                rows.into_iter()
+                    .map(|(s, t, r, sig)| {
+                        Ok(TreeHead {
+                            tree_size: u(s),
+                            timestamp_ms: t,
+                            root_hash: to_hash(r)?,
+                            signature: sig,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn insert_tree_head(&self, h: &TreeHead) -> StoreResult<()> {
+                sqlx::query(sql::AUDIT_INSERT_HEAD)
+                    .bind(i(h.tree_size))
+                    .bind(h.timestamp_ms)
+                    .bind(h.root_hash.to_vec())
+                    .bind(&h.signature)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
                 Ok(())
+            }
+
+            async fn event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
+                let row = sqlx::query(sql::AUDIT_EVENT)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| event_row(&r)).transpose()
+            }
+
+            async fn list(
+                &self,
+                q: &EventQuery,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<StoredEvent>> {
+                let after: i64 = page
+                    .after
+                    .as_deref()
+                    .and_then(|a| a.strip_prefix("i"))
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(-1);
+                let mut qb = sqlx::QueryBuilder::<$db>::new(sql::AUDIT_SELECT);
+                qb.push(" WHERE leaf_index > ").push_bind(after);
+                if let Some(v) = &q.visible_to {
+                    qb.push(" AND account_id IN (SELECT id FROM accounts WHERE id = ")
+                        .push_bind(v.clone())
+                        .push(" OR parent_id = ")
+                        .push_bind(v.clone())
+                        .push(")");
+                }
+                let filters: [(&str, &Option<String>); 6] = [
+                    ("account_id", &q.account_id),
+                    ("credential_id", &q.credential_id),
+                    ("action", &q.action),
+                    ("resource_type", &q.resource_type),
+                    ("resource_id", &q.resource_id),
+                    ("outcome", &q.outcome),
+                ];
+                for (column, value) in filters {
+                    if let Some(v) = value {
+                        qb.push(format!(" AND {column} = ")).push_bind(v.clone());
+                    }
+                }
+                if let Some(s) = q.since_ms {
+                    qb.push(" AND at_ms >= ").push_bind(s);
+                }
+                if let Some(s) = q.until_ms {
+                    qb.push(" AND at_ms < ").push_bind(s);
+                }
+                qb.push(" ORDER BY leaf_index LIMIT ")
+                    .push_bind(page.fetch_limit());
+                let rows = qb.build().fetch_all(self.r()).await.map_err(backend)?;
+                rows.iter().map(event_row).collect()
+            }
+
+            async fn scan(&self, start: u64, limit: u32) -> StoreResult<Vec<StoredEvent>> {
+                let rows = sqlx::query(sql::AUDIT_SCAN)
+                    .bind(i(start))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(event_row).collect()
+            }
+
+            async fn get_system_secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+                haven_identity::store::IdentityStore::get_system_secret(self, name).await
+            }
+
+            async fn put_system_secret(
+                &self,
+                name: &str,
+                sealed: &[u8],
+                now_ms: i64,
+            ) -> StoreResult<bool> {
+                haven_identity::store::IdentityStore::put_system_secret(self, name, sealed, now_ms)
+                    .await
             }
         }
     };
 }
 
-impl_writer!(SqliteStore, sqlx::Sqlite);
-impl_writer!(PgStore, sqlx::Postgres);
+impl_audit_store!(SqliteStore, sqlx::Sqlite, sql::AUDIT_SIZE);
+impl_audit_store!(PgStore, sqlx::Postgres, sql::AUDIT_SIZE_FOR_UPDATE);

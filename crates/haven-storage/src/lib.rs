@@ -6,7 +6,7 @@ mod audit;
 mod rows;
 mod sql;
 
-pub use audit::{AuditWriter, BufferedAudit};
+pub use audit::BufferedAudit;
 
 use haven_identity::model::{Account, AccountStatus, ApiKey, SigningKeyRecord};
 use haven_identity::store::IdentityStore;
@@ -112,7 +112,7 @@ impl Store {
         }
     }
 
-    pub fn audit_writer(&self) -> Arc<dyn AuditWriter> {
+    pub fn audit(&self) -> Arc<dyn haven_audit::AuditStore> {
         match self {
             Store::Sqlite(s) => Arc::new(s.clone()),
             Store::Postgres(p) => Arc::new(p.clone()),

@@ -77,8 +77,26 @@ pub const IDEM_COMPLETE: &str =
 pub const IDEM_ABANDON: &str =
     "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 AND status IS NULL";
 
-pub const AUDIT_INSERT_PREFIX: &str = "INSERT INTO audit_events (at_ms, action, outcome, actor_account_id, credential_id, \
-     auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id) ";
+pub const AUDIT_INSERT_PREFIX: &str = "INSERT INTO audit_log (leaf_index, event_id, at_ms, action, outcome, account_id, \
+     credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf) ";
+#[cfg(test)]
+const AUDIT_COLS: &str = "leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, source_addr, \
+     user_agent, resource_type, resource_id, reason, request_id, leaf";
+pub const AUDIT_SELECT: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
+     source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM audit_log";
+pub const AUDIT_EVENT: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
+     source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM audit_log WHERE event_id = $1";
+pub const AUDIT_SCAN: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
+     source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM audit_log \
+     WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2";
+pub const AUDIT_SIZE: &str = "SELECT tree_size FROM audit_state WHERE singleton = 1";
+pub const AUDIT_SIZE_FOR_UPDATE: &str =
+    "SELECT tree_size FROM audit_state WHERE singleton = 1 FOR UPDATE";
+pub const AUDIT_SET_SIZE: &str = "UPDATE audit_state SET tree_size = $1 WHERE singleton = 1";
+pub const AUDIT_LATEST_HEAD: &str = "SELECT tree_size, timestamp_ms, root_hash, signature FROM audit_tree_heads ORDER BY tree_size DESC LIMIT 1";
+pub const AUDIT_HEADS: &str =
+    "SELECT tree_size, timestamp_ms, root_hash, signature FROM audit_tree_heads ORDER BY tree_size";
+pub const AUDIT_INSERT_HEAD: &str = "INSERT INTO audit_tree_heads (tree_size, timestamp_ms, root_hash, signature) VALUES ($1, $2, $3, $4)";
 
 pub const PING: &str = "SELECT 1";
 
@@ -149,5 +167,8 @@ mod tests {
             assert!(sql.contains(super::KEY_COLS));
         }
         assert!(super::GET_ACCOUNT.contains(super::ACCOUNT_COLS));
+        for sql in [super::AUDIT_SELECT, super::AUDIT_EVENT, super::AUDIT_SCAN] {
+            assert!(sql.contains(super::AUDIT_COLS));
+        }
     }
 }

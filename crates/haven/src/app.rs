@@ -16,6 +16,7 @@ pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Opened {
     pub store: Store,
     pub identity: Arc<Identity>,
+    pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
     pub audit_task: tokio::task::JoinHandle<()>,
 }
@@ -74,6 +75,8 @@ fn ensure_certificate(config: &Config) -> Result<(), AnyError> {
     Ok(())
 }
 
+const WRONG_MASTER_KEY: &str = "the master key does not match this database (was it initialized with another master key? copy its master.key or set HAVEN_MASTER_KEY_FILE)";
+
 /// Opens everything the server and the operator commands need, creating what a first start
 /// lacks, and bootstraps the root account.
 pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyError> {
@@ -87,7 +90,17 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
     let store = Store::open(&config.database_url(), &opts)
         .await
         .map_err(|e| format!("database: {e}"))?;
-    let (audit, audit_task) = BufferedAudit::start(store.audit_writer());
+    let (audit, audit_task) = BufferedAudit::start(store.audit());
+    let audit_log = Arc::new(
+        haven_audit::AuditLog::open(store.audit(), &master)
+            .await
+            .map_err(|e| match e {
+                haven_audit::AuditError::Crypto(haven_crypto::CryptoError::Unseal) => {
+                    WRONG_MASTER_KEY.to_owned()
+                }
+                other => format!("opening the audit log: {other}"),
+            })?,
+    );
     let token_settings = haven_identity::TokenSettings {
         issuer: public_url,
         audience: config.oauth.audience.clone(),
@@ -95,14 +108,20 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         rotation_ms: i64::try_from(config.oauth.signing_key_rotation_days * 86_400_000)
             .unwrap_or(i64::MAX / 4),
     };
-    let identity = Identity::open(store.identity(), Arc::new(audit.clone()), Arc::clone(&master), (&config.auth).into(), token_settings)
-        .await
-        .map_err(|e| match e {
-            haven_identity::IdentityError::Crypto(haven_crypto::CryptoError::Unseal) => {
-                "the master key does not match this database (was it initialized with another master key? copy its master.key or set HAVEN_MASTER_KEY_FILE)".to_owned()
-            }
-            other => format!("opening identity: {other}"),
-        })?;
+    let identity = Identity::open(
+        store.identity(),
+        Arc::new(audit.clone()),
+        Arc::clone(&master),
+        (&config.auth).into(),
+        token_settings,
+    )
+    .await
+    .map_err(|e| match e {
+        haven_identity::IdentityError::Crypto(haven_crypto::CryptoError::Unseal) => {
+            WRONG_MASTER_KEY.to_owned()
+        }
+        other => format!("opening identity: {other}"),
+    })?;
     let identity = Arc::new(identity);
     if let Some((account, issued)) = identity.bootstrap("root").await? {
         let path = config.data_dir.join("bootstrap-admin.json");
@@ -126,6 +145,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
     Ok(Opened {
         store,
         identity,
+        audit_log,
         audit,
         audit_task,
     })
@@ -135,6 +155,7 @@ impl Opened {
     pub async fn close(self) {
         self.audit.flush().await;
         drop(self.identity);
+        drop(self.audit_log);
         drop(self.audit);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.audit_task).await;
         self.store.close().await;
@@ -380,6 +401,66 @@ async fn run_keys(o: &Opened, cmd: KeysCommand) -> Result<(), AnyError> {
                 .audit_admin_command("keys rotate-signing", Some(("signing_key", &kid)))
                 .await;
             println!("{kid}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute the whole audit log and every signed tree head; name the first event that was
+    /// altered, deleted, inserted or reordered. Exit status 1 if anything is wrong.
+    Verify,
+    /// Sign and print the current tree head.
+    TreeHead,
+}
+
+pub async fn audit(config: &Config, cmd: AuditCommand) -> Result<(), AnyError> {
+    let opened = prepare(config, config.public_url()).await?;
+    let result = run_audit(&opened, cmd).await;
+    opened.close().await;
+    result
+}
+
+async fn run_audit(o: &Opened, cmd: AuditCommand) -> Result<(), AnyError> {
+    match cmd {
+        AuditCommand::TreeHead => {
+            let h = o.audit_log.tree_head().await?;
+            print_json(&serde_json::json!({
+                "tree_size": h.tree_size, "timestamp": h.timestamp_ms, "root_hash": haven_audit::b64(&h.root_hash),
+                "signature": haven_audit::b64(&h.signature), "public_key": haven_audit::b64(&o.audit_log.public_key()),
+            }));
+        }
+        AuditCommand::Verify => {
+            // Sign the current head first, so that what is verified is committed to.
+            o.audit.flush().await;
+            let mut last_report = std::time::Instant::now();
+            let report = o
+                .audit_log
+                .verify(|done, total| {
+                    if last_report.elapsed() >= std::time::Duration::from_secs(1) || done == total {
+                        eprintln!("haven audit verify: {done}/{total} events checked");
+                        last_report = std::time::Instant::now();
+                    }
+                })
+                .await?;
+            o.identity.audit_admin_command("audit verify", None).await;
+            if report.problems.is_empty() {
+                println!(
+                    "audit log verified: {} events, {} signed tree heads, no problems",
+                    report.tree_size, report.heads_checked
+                );
+            } else {
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+                return Err(format!(
+                    "the audit log failed verification: {} problem(s), the first: {}",
+                    report.problems.len(),
+                    report.problems[0]
+                )
+                .into());
+            }
         }
     }
     Ok(())

@@ -60,6 +60,9 @@ enum Command {
     /// Manage API keys and token signing keys (operator).
     #[command(subcommand)]
     Keys(app::KeysCommand),
+    /// Verify the tamper-evident audit log (operator).
+    #[command(subcommand)]
+    Audit(app::AuditCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
             Command::Migrate => app::migrate(&config).await,
             Command::Accounts(cmd) => app::accounts(&config, cmd).await,
             Command::Keys(cmd) => app::keys(&config, cmd).await,
+            Command::Audit(cmd) => app::audit(&config, cmd).await,
             Command::Version | Command::Config(_) => Ok(()),
         }
     });

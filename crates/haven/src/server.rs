@@ -95,6 +95,13 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     let openapi_json = haven_http::openapi_document().to_json()?;
     let state = Arc::new(AppState {
         identity: Arc::clone(&opened.identity),
+        audit: Arc::clone(&opened.audit_log),
+        root_account_id: opened
+            .identity
+            .root_account()
+            .await?
+            .map(|a| a.id)
+            .ok_or("no root account")?,
         idempotency: opened.store.idempotency(),
         health: opened.store.health(),
         metrics: metrics.clone(),
@@ -118,6 +125,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
 
     let maintenance = {
         let identity = Arc::clone(&opened.identity);
+        let audit_log = Arc::clone(&opened.audit_log);
         let every = Duration::from_secs(config.oauth.keyset_refresh_seconds);
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -127,6 +135,11 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
                 tick.tick().await;
                 if let Err(e) = identity.maintain().await {
                     tracing::warn!(error = %e, "maintenance failed");
+                }
+                // A signed tree head per period when the log has grown: checkpoints for
+                // `haven audit verify` and for auditors.
+                if let Err(e) = audit_log.tree_head().await {
+                    tracing::warn!(error = %e, "signing an audit tree head failed");
                 }
                 if let Some(m) = &metrics {
                     m.run_upkeep();

@@ -1,4 +1,5 @@
 pub mod accounts;
+pub mod audit;
 pub mod keys;
 pub mod oauth;
 pub mod system;

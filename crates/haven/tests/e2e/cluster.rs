@@ -166,6 +166,20 @@ async fn revocation_reaches_every_node_within_a_second() {
     );
     let replay: serde_json::Value = res.json().await.unwrap_or_default();
     assert_eq!(first["id"], replay["id"]);
+
+    // Both nodes appended to one audit tree concurrently: it verifies whole.
+    let (dir, url) = (a.dir.clone(), a.database_url.clone());
+    let mut a = a;
+    let mut b = b;
+    a.stop();
+    b.stop();
+    let out = haven_cli(&dir, &url, &["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 mod common;
 
 mod accounts;
+mod audit;
 mod bad_input;
 mod cli;
 mod cluster;

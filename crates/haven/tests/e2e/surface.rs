@@ -19,6 +19,10 @@ const EXPECTED: &[&str] = &[
     "GET /v1/accounts/{account_id}/keys/{key_id}",
     "DELETE /v1/accounts/{account_id}/keys/{key_id}",
     "POST /v1/accounts/{account_id}/keys/{key_id}/rotate",
+    "GET /v1/audit/events",
+    "GET /v1/audit/events/{event_id}/proof",
+    "GET /v1/audit/tree-head",
+    "GET /v1/audit/consistency",
     "POST /oauth2/token",
     "POST /oauth2/revoke",
     "POST /oauth2/introspect",
@@ -67,7 +71,8 @@ async fn openapi_is_valid_and_complete(backend: Backend) {
         let concrete = path
             .replace("{account_id}", &sub)
             .replace("{key_id}", &key)
-            .replace("{slug}", "not-found");
+            .replace("{slug}", "not-found")
+            .replace("{event_id}", "evt_00000000000000000000000000");
         let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
         let res = s
             .admin(method, &concrete)

@@ -1,0 +1,497 @@
+//! The tamper-evident audit log: every audit event is a leaf of an append-only RFC 6962 Merkle
+//! tree; signed tree heads (Ed25519) commit to it; inclusion and consistency proofs let anyone
+//! check it with the published key and a standard verifier; `verify` recomputes everything and
+//! names the first event that was altered, deleted, inserted or reordered.
+
+pub mod merkle;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use haven_crypto::jwt::SigningKey;
+use haven_crypto::keys::MasterKey;
+use haven_platform::audit::AuditEvent;
+use haven_platform::page::PageRequest;
+use haven_platform::store::{StoreError, StoreResult};
+use merkle::{Hash, NodeKey};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The exact bytes hashed for an event (`SHA-256(0x00 ‖ leaf)`): compact JSON with fields in
+/// this order. Changing it is a format version change (`v`).
+#[derive(Debug, Serialize)]
+pub struct Leaf<'a> {
+    pub v: u8,
+    pub index: u64,
+    pub id: &'a str,
+    pub at_ms: i64,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub account_id: Option<&'a str>,
+    pub credential_id: Option<&'a str>,
+    pub auth_method: Option<&'a str>,
+    pub source_addr: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub resource_type: Option<&'a str>,
+    pub resource_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+/// An event as stored, with its position in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub leaf_index: u64,
+    pub id: String,
+    pub at_ms: i64,
+    pub action: String,
+    pub outcome: String,
+    pub account_id: Option<String>,
+    pub credential_id: Option<String>,
+    pub auth_method: Option<String>,
+    pub source_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub leaf: Vec<u8>,
+}
+
+impl StoredEvent {
+    pub fn from_event(e: &AuditEvent, index: u64) -> Self {
+        let source = e.actor.source_addr.map(|a| a.to_string());
+        let mut s = Self {
+            leaf_index: index,
+            id: e.id.clone(),
+            at_ms: e.at_ms,
+            action: e.action.as_str().to_owned(),
+            outcome: e.outcome.as_str().to_owned(),
+            account_id: e.actor.account_id.clone(),
+            credential_id: e.actor.credential_id.clone(),
+            auth_method: e.actor.auth_method.map(str::to_owned),
+            source_addr: source,
+            user_agent: e.actor.user_agent.clone(),
+            resource_type: e.resource_type.map(str::to_owned),
+            resource_id: e.resource_id.clone(),
+            reason: e.reason.map(str::to_owned),
+            request_id: e.actor.request_id.clone(),
+            leaf: Vec::new(),
+        };
+        s.leaf = s.expected_leaf();
+        s
+    }
+
+    /// The leaf bytes these columns must hash to.
+    pub fn expected_leaf(&self) -> Vec<u8> {
+        let leaf = Leaf {
+            v: 1,
+            index: self.leaf_index,
+            id: &self.id,
+            at_ms: self.at_ms,
+            action: &self.action,
+            outcome: &self.outcome,
+            account_id: self.account_id.as_deref(),
+            credential_id: self.credential_id.as_deref(),
+            auth_method: self.auth_method.as_deref(),
+            source_addr: self.source_addr.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            resource_type: self.resource_type.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            reason: self.reason.as_deref(),
+            request_id: self.request_id.as_deref(),
+        };
+        serde_json::to_vec(&leaf).unwrap_or_default()
+    }
+}
+
+/// What an append writes: the events as stored, and every new tree node.
+pub type AppendPlan = (Vec<StoredEvent>, Vec<(NodeKey, Hash)>);
+
+/// Plans an append: the stored events and every new tree node, given the tree's size and its
+/// frontier nodes. Pure; the store runs it inside its append transaction.
+pub fn plan_append(
+    size: u64,
+    frontier: &HashMap<NodeKey, Hash>,
+    events: &[AuditEvent],
+) -> StoreResult<AppendPlan> {
+    let stored: Vec<StoredEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| StoredEvent::from_event(e, size + i as u64))
+        .collect();
+    let leaves: Vec<Hash> = stored.iter().map(|s| merkle::leaf_hash(&s.leaf)).collect();
+    let nodes = merkle::append(size, frontier, &leaves)
+        .ok_or_else(|| StoreError::Backend("audit tree frontier is incomplete".into()))?;
+    Ok((stored, nodes))
+}
+
+/// A signed tree head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeHead {
+    pub tree_size: u64,
+    pub timestamp_ms: i64,
+    pub root_hash: Hash,
+    pub signature: Vec<u8>,
+}
+
+/// The bytes signed for a tree head: RFC 6962 §3.5 `TreeHeadSignature` — version v1 (0),
+/// signature type tree_hash (1), timestamp (u64 ms, big-endian), tree size (u64, big-endian),
+/// root hash (32 bytes): 50 bytes.
+pub fn tree_head_signed_bytes(tree_size: u64, timestamp_ms: i64, root: &Hash) -> Vec<u8> {
+    let mut b = Vec::with_capacity(50);
+    b.push(0);
+    b.push(1);
+    b.extend_from_slice(&(timestamp_ms.max(0) as u64).to_be_bytes());
+    b.extend_from_slice(&tree_size.to_be_bytes());
+    b.extend_from_slice(root);
+    b
+}
+
+/// Filters of `GET /v1/audit/events`.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Accounts whose events may be returned (the caller's tree); `None`: every account
+    /// (the operator).
+    pub visible_to: Option<String>,
+    pub account_id: Option<String>,
+    pub credential_id: Option<String>,
+    pub action: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub outcome: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// The storage port of the audit log.
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends events as leaves, atomically with their tree nodes, serialized across nodes.
+    async fn append(&self, events: &[AuditEvent]) -> StoreResult<u64>;
+    async fn tree_size(&self) -> StoreResult<u64>;
+    async fn nodes(&self, keys: &[NodeKey]) -> StoreResult<HashMap<NodeKey, Hash>>;
+    async fn latest_tree_head(&self) -> StoreResult<Option<TreeHead>>;
+    async fn tree_heads(&self) -> StoreResult<Vec<TreeHead>>;
+    async fn insert_tree_head(&self, head: &TreeHead) -> StoreResult<()>;
+    async fn event(&self, id: &str) -> StoreResult<Option<StoredEvent>>;
+    /// Events matching `q`, by leaf index after `page.after` (a decimal index).
+    async fn list(&self, q: &EventQuery, page: &PageRequest) -> StoreResult<Vec<StoredEvent>>;
+    /// Up to `limit` events with `leaf_index >= start`, in order (verification, export).
+    async fn scan(&self, start: u64, limit: u32) -> StoreResult<Vec<StoredEvent>>;
+    async fn get_system_secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
+    async fn put_system_secret(&self, name: &str, sealed: &[u8], now_ms: i64) -> StoreResult<bool>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("no such event")]
+    NotFound,
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] haven_crypto::CryptoError),
+}
+
+pub type AuditResult<T> = Result<T, AuditError>;
+
+/// An inclusion proof (RFC 6962 §2.1.1).
+#[derive(Debug, Clone)]
+pub struct InclusionProof {
+    pub event: StoredEvent,
+    pub tree_size: u64,
+    pub audit_path: Vec<Hash>,
+}
+
+const SIGNING_KEY_NAME: &str = "audit_signing_key";
+
+pub struct AuditLog {
+    store: Arc<dyn AuditStore>,
+    signer: SigningKey,
+}
+
+impl AuditLog {
+    /// Opens the log, creating its Ed25519 tree-head signing key (sealed with the master key)
+    /// on a new database.
+    pub async fn open(store: Arc<dyn AuditStore>, master: &MasterKey) -> AuditResult<Self> {
+        let context = format!("haven:system:{SIGNING_KEY_NAME}");
+        if store.get_system_secret(SIGNING_KEY_NAME).await?.is_none() {
+            let (_, pkcs8) = SigningKey::generate("audit".into())?;
+            store
+                .put_system_secret(
+                    SIGNING_KEY_NAME,
+                    &master.seal(&context, &pkcs8)?,
+                    haven_platform::clock::now_ms(),
+                )
+                .await?;
+        }
+        let sealed = store
+            .get_system_secret(SIGNING_KEY_NAME)
+            .await?
+            .ok_or(AuditError::Invalid("audit signing key vanished"))?;
+        let signer = SigningKey::from_pkcs8("audit".into(), &master.open(&context, &sealed)?)?;
+        Ok(Self { store, signer })
+    }
+
+    pub fn public_key(&self) -> Vec<u8> {
+        self.signer.public_key()
+    }
+
+    pub fn store(&self) -> &Arc<dyn AuditStore> {
+        &self.store
+    }
+
+    /// The latest signed tree head, signing a new one if the tree has grown since.
+    pub async fn tree_head(&self) -> AuditResult<TreeHead> {
+        let size = self.store.tree_size().await?;
+        if let Some(h) = self.store.latest_tree_head().await?
+            && h.tree_size >= size
+        {
+            return Ok(h);
+        }
+        let root = self.root(size).await?;
+        let timestamp_ms = haven_platform::clock::now_ms();
+        let signature = self
+            .signer
+            .sign_raw(&tree_head_signed_bytes(size, timestamp_ms, &root));
+        let head = TreeHead {
+            tree_size: size,
+            timestamp_ms,
+            root_hash: root,
+            signature,
+        };
+        match self.store.insert_tree_head(&head).await {
+            Ok(()) | Err(StoreError::Conflict) => Ok(head),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn hashes(&self, ranges: &[(u64, u64)]) -> AuditResult<Vec<Hash>> {
+        let nodes = self.store.nodes(&merkle::nodes_needed(ranges)).await?;
+        ranges
+            .iter()
+            .map(|(s, e)| {
+                merkle::range_hash(&nodes, *s, *e).ok_or(AuditError::Store(StoreError::Backend(
+                    "audit tree node missing".into(),
+                )))
+            })
+            .collect()
+    }
+
+    pub async fn root(&self, size: u64) -> AuditResult<Hash> {
+        if size == 0 {
+            return Ok(merkle::empty_root());
+        }
+        Ok(self.hashes(&[(0, size)]).await?.remove(0))
+    }
+
+    /// The inclusion proof of an event in the tree of `tree_size` leaves (default: the latest
+    /// signed tree head, signing one if the event is newer).
+    pub async fn inclusion(
+        &self,
+        event: StoredEvent,
+        tree_size: Option<u64>,
+    ) -> AuditResult<InclusionProof> {
+        let size = match tree_size {
+            Some(s) => s,
+            None => self.tree_head().await?.tree_size,
+        };
+        if event.leaf_index >= size || size > self.store.tree_size().await? {
+            return Err(AuditError::Invalid(
+                "tree_size must include the event and not exceed the log",
+            ));
+        }
+        let audit_path = self
+            .hashes(&merkle::inclusion_ranges(event.leaf_index, size))
+            .await?;
+        Ok(InclusionProof {
+            event,
+            tree_size: size,
+            audit_path,
+        })
+    }
+
+    /// The consistency proof between two tree sizes.
+    pub async fn consistency(&self, first: u64, second: u64) -> AuditResult<Vec<Hash>> {
+        if first == 0 || first > second || second > self.store.tree_size().await? {
+            return Err(AuditError::Invalid(
+                "need 0 < first <= second <= the log's size",
+            ));
+        }
+        self.hashes(&merkle::consistency_ranges(first, second))
+            .await
+    }
+
+    /// Recomputes the whole log. Reports problems in log order; `progress` is called with the
+    /// number of events checked so far.
+    pub async fn verify(&self, mut progress: impl FnMut(u64, u64)) -> AuditResult<VerifyReport> {
+        let size = self.store.tree_size().await?;
+        let mut problems = Vec::new();
+        let mut leaves: Vec<Hash> = Vec::with_capacity(size as usize);
+        let mut expected = 0u64;
+        // Scans forward from `cursor`, which only grows, through the events past the tree's
+        // size as well (those were never committed: inserted).
+        let mut cursor = 0u64;
+        const PAGE: u32 = 5000;
+        loop {
+            let rows = self.store.scan(cursor, PAGE).await?;
+            let Some(last) = rows.last().map(|r| r.leaf_index) else {
+                break;
+            };
+            if last < cursor {
+                break;
+            }
+            cursor = last + 1;
+            let keys: Vec<NodeKey> = rows
+                .iter()
+                .filter(|r| r.leaf_index < size)
+                .map(|r| (0u8, r.leaf_index))
+                .collect();
+            let stored_leaves = self.store.nodes(&keys).await?;
+            for row in rows {
+                if row.leaf_index >= size {
+                    problems.push(Problem::Inserted {
+                        id: row.id,
+                        index: row.leaf_index,
+                    });
+                    continue;
+                }
+                while expected < row.leaf_index {
+                    problems.push(Problem::Deleted { index: expected });
+                    leaves.push(
+                        stored_leaves
+                            .get(&(0, expected))
+                            .copied()
+                            .unwrap_or([0; 32]),
+                    );
+                    expected += 1;
+                }
+                let claimed_index = serde_json::from_slice::<serde_json::Value>(&row.leaf)
+                    .ok()
+                    .and_then(|v| v["index"].as_u64());
+                let hash = merkle::leaf_hash(&row.leaf);
+                if claimed_index != Some(row.leaf_index) {
+                    problems.push(Problem::Reordered {
+                        id: row.id.clone(),
+                        index: row.leaf_index,
+                        claimed: claimed_index,
+                    });
+                } else if row.expected_leaf() != row.leaf
+                    || stored_leaves.get(&(0, row.leaf_index)) != Some(&hash)
+                {
+                    problems.push(Problem::Altered {
+                        id: row.id.clone(),
+                        index: row.leaf_index,
+                    });
+                }
+                leaves.push(hash);
+                expected = row.leaf_index + 1;
+            }
+            progress(expected.min(size), size);
+        }
+        while expected < size {
+            problems.push(Problem::Deleted { index: expected });
+            expected += 1;
+        }
+        // Every signed tree head must verify and match the events.
+        let public = self.public_key();
+        let mut heads_checked = 0;
+        for head in self.store.tree_heads().await? {
+            let signed = tree_head_signed_bytes(head.tree_size, head.timestamp_ms, &head.root_hash);
+            let sig_ok = aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::ED25519,
+                &public,
+            )
+            .verify(&signed, &head.signature)
+            .is_ok();
+            let root_ok = head.tree_size as usize <= leaves.len()
+                && merkle::root_of(&leaves[..head.tree_size as usize]) == head.root_hash;
+            if !sig_ok || !root_ok {
+                problems.push(Problem::TreeHead {
+                    tree_size: head.tree_size,
+                    signature_valid: sig_ok,
+                });
+            }
+            heads_checked += 1;
+        }
+        Ok(VerifyReport {
+            tree_size: size,
+            heads_checked,
+            problems,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    Altered {
+        id: String,
+        index: u64,
+    },
+    Deleted {
+        index: u64,
+    },
+    Inserted {
+        id: String,
+        index: u64,
+    },
+    Reordered {
+        id: String,
+        index: u64,
+        claimed: Option<u64>,
+    },
+    TreeHead {
+        tree_size: u64,
+        signature_valid: bool,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Altered { id, index } => write!(f, "event {id} at index {index} was altered"),
+            Self::Deleted { index } => write!(f, "the event at index {index} was deleted"),
+            Self::Inserted { id, index } => write!(
+                f,
+                "event {id} at index {index} was inserted: the tree never committed to it"
+            ),
+            Self::Reordered { id, index, claimed } => match claimed {
+                Some(c) => write!(
+                    f,
+                    "event {id} at index {index} was reordered (it was appended at index {c})"
+                ),
+                None => write!(f, "event {id} at index {index} was reordered or replaced"),
+            },
+            Self::TreeHead {
+                tree_size,
+                signature_valid,
+            } => {
+                if *signature_valid {
+                    write!(
+                        f,
+                        "the signed tree head of size {tree_size} does not match the events"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "the signed tree head of size {tree_size} has an invalid signature"
+                    )
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct VerifyReport {
+    pub tree_size: u64,
+    pub heads_checked: usize,
+    pub problems: Vec<Problem>,
+}
+
+/// Base64 of a hash, as the API shows it.
+pub fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}

@@ -1,0 +1,369 @@
+//! The tamper-evident audit log: what is recorded, who may read it, proofs checked by
+//! third-party code (pymerkle, cryptography), and tampering with the database caught by
+//! `haven audit verify`.
+
+use crate::both_backends;
+use crate::common::*;
+use reqwest::Method;
+use serde_json::Value;
+use std::process::Command;
+
+both_backends!(
+    events_are_recorded_and_isolated,
+    proofs_verify_with_third_party_code,
+    tampering_is_detected
+);
+
+async fn events(s: &Server, kid: &str, secret: &str, query: &str) -> Vec<Value> {
+    let (st, page) = send(s.as_key(
+        Method::GET,
+        &format!("/v1/audit/events?page_size=200{query}"),
+        kid,
+        secret,
+    ))
+    .await;
+    assert_eq!(st, 200, "{page}");
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn events_are_recorded_and_isolated(backend: Backend) {
+    let s = Server::start(backend).await;
+    let (ak, asec) = (s.admin.key_id.clone(), s.admin.secret.clone());
+    let a = create_subaccount(&s, "A").await;
+    let b = create_subaccount(&s, "B").await;
+    let (ka, sa) = create_key(&s, &a, &["audit:read", "accounts:read"]).await;
+    let (kb, sb) = create_key(&s, &b, &["audit:read", "accounts:read"]).await;
+    // A failure and a success for A's key; the request id ties the event to the request.
+    expect_problem(
+        s.as_key(Method::GET, &format!("/v1/accounts/{a}"), &ka, "hks_wrong"),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let res = s
+        .as_key(Method::GET, &format!("/v1/accounts/{a}"), &ka, &sa)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request_id = res.headers()["x-request-id"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
+    let _ = send(s.as_key(Method::GET, &format!("/v1/accounts/{b}"), &kb, &sb)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let all = events(&s, &ak, &asec, "").await;
+    let actions: Vec<&str> = all.iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["account.created", "key.created", "auth.api_key"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    let failures = events(
+        &s,
+        &ak,
+        &asec,
+        &format!("&action=auth.api_key&outcome=failure&credential_id={ka}"),
+    )
+    .await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["reason"], "bad_secret");
+    assert_eq!(failures[0]["actor"]["account_id"], a);
+    assert_eq!(failures[0]["actor"]["source_addr"], "127.0.0.1");
+    let by_request = all
+        .iter()
+        .find(|e| e["request_id"] == request_id)
+        .unwrap_or_else(|| panic!("no event for {request_id}"));
+    assert_eq!(
+        (
+            by_request["action"].as_str(),
+            by_request["outcome"].as_str()
+        ),
+        (Some("auth.api_key"), Some("success"))
+    );
+    // No secret ever appears in an event.
+    assert!(
+        !serde_json::to_string(&all)
+            .unwrap_or_default()
+            .contains("hks_")
+    );
+    // Indices are the tree positions, in order.
+    let idx: Vec<u64> = all
+        .iter()
+        .filter_map(|e| e["leaf_index"].as_u64())
+        .collect();
+    assert!(idx.windows(2).all(|w| w[0] < w[1]));
+
+    // A sees its own events only; B's events and their proofs are not found.
+    let mine = events(&s, &ka, &sa, "").await;
+    assert!(!mine.is_empty());
+    assert!(
+        mine.iter().all(|e| e["actor"]["account_id"] == a),
+        "{mine:?}"
+    );
+    let b_event = all
+        .iter()
+        .find(|e| e["actor"]["account_id"] == b)
+        .unwrap_or_else(|| panic!("no event of B"));
+    expect_problem(
+        s.as_key(
+            Method::GET,
+            &format!(
+                "/v1/audit/events/{}/proof",
+                b_event["id"].as_str().unwrap_or("")
+            ),
+            &ka,
+            &sa,
+        ),
+        404,
+        "not-found",
+    )
+    .await;
+    assert!(
+        events(&s, &ka, &sa, &format!("&account_id={b}"))
+            .await
+            .is_empty()
+    );
+    // Without audit:read, nothing.
+    let (kx, sx) = create_key(&s, &a, &["accounts:read"]).await;
+    expect_problem(
+        s.as_key(Method::GET, "/v1/audit/events", &kx, &sx),
+        403,
+        "insufficient-scope",
+    )
+    .await;
+    expect_problem(
+        s.as_key(Method::GET, "/v1/audit/events?since=yesterday", &ak, &asec),
+        400,
+        "malformed-request",
+    )
+    .await;
+    expect_problem(
+        s.as_key(
+            Method::GET,
+            "/v1/audit/consistency?first=5&second=2",
+            &ak,
+            &asec,
+        ),
+        422,
+        "validation-failed",
+    )
+    .await;
+    expect_problem(
+        s.as_key(Method::GET, "/v1/audit/events/evt_nope/proof", &ak, &asec),
+        404,
+        "not-found",
+    )
+    .await;
+}
+
+fn auditor(s: &Server, extra: &[&str]) -> Result<Value, String> {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/py/audit_verify.py"))
+        .args(["--base-url", &s.base, "--ca-file"])
+        .arg(s.dir.join("tls/cert.pem"))
+        .args(["--key-id", &s.admin.key_id, "--secret", &s.admin.secret])
+        .args(extra)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+async fn proofs_verify_with_third_party_code(backend: Backend) {
+    // The operator's view: a master account that sees everything it owns. The bootstrap
+    // admin's own tree is the whole log here, since every event is about it or its subaccounts
+    // (events with no account, such as failures with unknown key ids, are the operator's only).
+    let s = Server::start(backend).await;
+    for name in ["A", "B", "C"] {
+        create_subaccount(&s, name).await;
+    }
+    let (_, first) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
+    let first_size = first["tree_size"].as_u64().unwrap_or(0);
+    assert!(first_size > 3, "{first}");
+    for name in ["D", "E", "F", "G", "H"] {
+        create_subaccount(&s, name).await;
+    }
+    let got = auditor(
+        &s,
+        &[
+            "--all-visible",
+            "--first-size",
+            &first_size.to_string(),
+            "--first-root",
+            first["root_hash"].as_str().unwrap_or(""),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("the third-party auditor refused the log: {e}"));
+    assert_eq!(got["signature_valid"], true);
+    assert_eq!(got["rebuilt_root_matches"], true);
+    let size = got["tree_size"].as_u64().unwrap_or(0);
+    assert!(size > first_size);
+    assert_eq!(got["inclusion_verified"].as_u64(), Some(size));
+    // Haven's own consistency proof between the two signed heads verifies (RFC 9162 §2.1.4.2).
+    let (_, second) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
+    let second_size = second["tree_size"].as_u64().unwrap_or(0);
+    let (st, c) = send(s.admin(
+        Method::GET,
+        &format!("/v1/audit/consistency?first={first_size}&second={second_size}"),
+    ))
+    .await;
+    assert_eq!(st, 200, "{c}");
+    use base64::Engine;
+    let dec = |v: &Value| -> [u8; 32] {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or(""))
+            .unwrap_or_default()
+            .try_into()
+            .unwrap_or([0; 32])
+    };
+    let proof: Vec<[u8; 32]> = c["consistency"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(dec)
+        .collect();
+    assert!(haven_audit::merkle::verify_consistency(
+        first_size,
+        second_size,
+        &proof,
+        &dec(&first["root_hash"]),
+        &dec(&second["root_hash"])
+    ));
+}
+
+/// Runs SQL against the stopped server's database.
+async fn exec(backend: Backend, url: &str, sql: &str) {
+    use sqlx::Connection;
+    match backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(url)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(url)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+}
+
+fn verify(dir: &std::path::Path, url: &str) -> (bool, String) {
+    let out = haven_cli(dir, url, &["audit", "verify"]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn tampering_is_detected(backend: Backend) {
+    let s = Server::start(backend).await;
+    for name in ["A", "B", "C", "D"] {
+        create_subaccount(&s, name).await;
+    }
+    let (_, list) = send(s.admin(Method::GET, "/v1/audit/events?page_size=10")).await;
+    let id_at = |i: usize| list["items"][i]["id"].as_str().unwrap_or("").to_owned();
+    let (e3, e5) = (id_at(3), id_at(5));
+    let (_tmp, dir, url, _pg) = s.into_parts();
+
+    let (ok, out) = verify(&dir, &url);
+    assert!(ok, "an untouched log must verify:\n{out}");
+    assert!(out.contains("no problems"), "{out}");
+
+    exec(
+        backend,
+        &url,
+        "CREATE TABLE saved AS SELECT * FROM audit_log",
+    )
+    .await;
+    // Verification itself appends events (each run is an audited operator command), so a
+    // restore replaces only the saved range and removes what the test forged.
+    let restore = "DELETE FROM audit_log WHERE leaf_index < (SELECT COUNT(*) FROM saved) OR leaf_index >= 100000; INSERT INTO audit_log SELECT * FROM saved";
+    let action_of_3 = list["items"][3]["action"].as_str().unwrap_or("").to_owned();
+
+    // Altered: one field of one event.
+    exec(
+        backend,
+        &url,
+        "UPDATE audit_log SET action = 'key.read' WHERE leaf_index = 3",
+    )
+    .await;
+    let (ok, out) = verify(&dir, &url);
+    assert!(
+        !ok && out.contains(&format!("event {e3} at index 3 was altered")),
+        "{out}"
+    );
+    exec(backend, &url, restore).await;
+    // Altered consistently: the columns and a correctly re-serialized leaf rewritten together.
+    // The tree's stored leaf hash (and every signed head above it) still commits to the original.
+    let (from, to) = (
+        format!("\"action\":\"{action_of_3}\""),
+        "\"action\":\"key.read\"".to_owned(),
+    );
+    let rewrite = match backend {
+        Backend::Sqlite => format!(
+            "UPDATE audit_log SET action = 'key.read', leaf = CAST(REPLACE(CAST(leaf AS TEXT), '{from}', '{to}') AS BLOB) WHERE leaf_index = 3"
+        ),
+        Backend::Postgres => format!(
+            "UPDATE audit_log SET action = 'key.read', leaf = convert_to(replace(convert_from(leaf, 'UTF8'), '{from}', '{to}'), 'UTF8') WHERE leaf_index = 3"
+        ),
+    };
+    exec(backend, &url, &rewrite).await;
+    let (ok, out) = verify(&dir, &url);
+    assert!(
+        !ok && out.contains(&format!("event {e3} at index 3 was altered")),
+        "{out}"
+    );
+    exec(backend, &url, restore).await;
+
+    // Deleted.
+    exec(backend, &url, "DELETE FROM audit_log WHERE leaf_index = 5").await;
+    let (ok, out) = verify(&dir, &url);
+    assert!(
+        !ok && out.contains("the event at index 5 was deleted"),
+        "{out}"
+    );
+    exec(backend, &url, restore).await;
+    // Inserted: a copy of an event past the end of the tree.
+    exec(backend, &url, "INSERT INTO audit_log SELECT leaf_index + 100000, 'evt_forged', at_ms, action, outcome, account_id, credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM saved WHERE leaf_index = 5").await;
+    let (ok, out) = verify(&dir, &url);
+    assert!(
+        !ok && out.contains("event evt_forged at index 100005 was inserted"),
+        "{out}"
+    );
+    exec(backend, &url, restore).await;
+    // Reordered: two events swap places.
+    exec(backend, &url, "UPDATE audit_log SET leaf_index = -1 WHERE leaf_index = 5; UPDATE audit_log SET leaf_index = 5 WHERE leaf_index = 6; UPDATE audit_log SET leaf_index = 6 WHERE leaf_index = -1").await;
+    let (ok, out) = verify(&dir, &url);
+    assert!(
+        !ok && out.contains("at index 5 was reordered (it was appended at index 6)"),
+        "{out}"
+    );
+    exec(backend, &url, restore).await;
+    let _ = e5;
+    let (ok, out) = verify(&dir, &url);
+    assert!(ok, "the restored log must verify again:\n{out}");
+
+    // A forged tree head signature.
+    exec(
+        backend,
+        &url,
+        "UPDATE audit_tree_heads SET signature = root_hash",
+    )
+    .await;
+    let (ok, out) = verify(&dir, &url);
+    assert!(!ok && out.contains("has an invalid signature"), "{out}");
+}
