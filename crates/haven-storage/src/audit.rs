@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest batch written in one transaction.
-const MAX_BATCH: usize = 1000;
+const MAX_BATCH: usize = 4096;
 /// How long queued (not waited-for) events may wait for companions before they are written.
 const LINGER: Duration = Duration::from_millis(5);
 /// Events waiting for the writer before `record`/`enqueue` wait for room (back-pressure).
-const QUEUE: usize = 16_384;
+const QUEUE: usize = 32_768;
 
 // Nearly every item is an event; boxing it would add an allocation per event on the hot path.
 #[allow(clippy::large_enum_variant)]
@@ -91,8 +91,15 @@ impl BufferedAudit {
 async fn write_until_done(store: &dyn AuditStore, events: &[AuditEvent]) {
     let mut delay = Duration::from_millis(50);
     loop {
+        let started = std::time::Instant::now();
         match store.append(events).await {
-            Ok(_) => return,
+            Ok(_) => {
+                metrics::histogram!("haven_audit_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("haven_audit_batch_events").record(events.len() as f64);
+                metrics::counter!("haven_audit_events_total").increment(events.len() as u64);
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, events = events.len(), "appending audit events failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -210,38 +217,7 @@ macro_rules! impl_audit_store {
                 let frontier =
                     Self::fetch_nodes(&mut *tx, &haven_audit::merkle::frontier(size)).await?;
                 let (stored, nodes) = haven_audit::plan_append(size, &frontier, events)?;
-                for chunk in stored.chunks(400) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(sql::AUDIT_INSERT_PREFIX);
-                    qb.push_values(chunk, |mut b, e| {
-                        b.push_bind(i(e.leaf_index))
-                            .push_bind(e.id.clone())
-                            .push_bind(e.at_ms)
-                            .push_bind(e.action.clone())
-                            .push_bind(e.outcome.clone())
-                            .push_bind(e.account_id.clone())
-                            .push_bind(e.credential_id.clone())
-                            .push_bind(e.auth_method.clone())
-                            .push_bind(e.source_addr.clone())
-                            .push_bind(e.user_agent.clone())
-                            .push_bind(e.resource_type.clone())
-                            .push_bind(e.resource_id.clone())
-                            .push_bind(e.reason.clone())
-                            .push_bind(e.request_id.clone())
-                            .push_bind(e.leaf.clone());
-                    });
-                    qb.build().execute(&mut *tx).await.map_err(backend)?;
-                }
-                for chunk in nodes.chunks(1000) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO audit_nodes (level, idx, hash) ",
-                    );
-                    qb.push_values(chunk, |mut b, ((level, idx), hash)| {
-                        b.push_bind(i64::from(*level))
-                            .push_bind(i(*idx))
-                            .push_bind(hash.to_vec());
-                    });
-                    qb.build().execute(&mut *tx).await.map_err(backend)?;
-                }
+                Self::insert_leaves(&mut tx, &stored, &nodes).await?;
                 let new_size = size + stored.len() as u64;
                 sqlx::query(sql::AUDIT_SET_SIZE)
                     .bind(i(new_size))
@@ -393,6 +369,115 @@ macro_rules! impl_audit_store {
             }
         }
     };
+}
+
+impl SqliteStore {
+    /// Multi-row inserts: SQLite parses them quickly and sqlx caches each shape.
+    async fn insert_leaves(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        stored: &[StoredEvent],
+        nodes: &[(NodeKey, Hash)],
+    ) -> StoreResult<()> {
+        for chunk in stored.chunks(400) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(sql::AUDIT_INSERT_PREFIX);
+            qb.push_values(chunk, |mut b, e| {
+                b.push_bind(i(e.leaf_index))
+                    .push_bind(e.id.clone())
+                    .push_bind(e.at_ms)
+                    .push_bind(e.action.clone())
+                    .push_bind(e.outcome.clone())
+                    .push_bind(e.account_id.clone())
+                    .push_bind(e.credential_id.clone())
+                    .push_bind(e.auth_method.clone())
+                    .push_bind(e.source_addr.clone())
+                    .push_bind(e.user_agent.clone())
+                    .push_bind(e.resource_type.clone())
+                    .push_bind(e.resource_id.clone())
+                    .push_bind(e.reason.clone())
+                    .push_bind(e.request_id.clone())
+                    .push_bind(e.leaf.clone());
+            });
+            qb.build().execute(&mut **tx).await.map_err(backend)?;
+        }
+        for chunk in nodes.chunks(1000) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_nodes (level, idx, hash) ",
+            );
+            qb.push_values(chunk, |mut b, ((level, idx), hash)| {
+                b.push_bind(i64::from(*level))
+                    .push_bind(i(*idx))
+                    .push_bind(hash.to_vec());
+            });
+            qb.build().execute(&mut **tx).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// One `INSERT … SELECT FROM UNNEST(arrays)` per table: a single prepared statement whatever
+    /// the batch size (multi-row VALUES with thousands of parameters is re-planned every time).
+    async fn insert_leaves(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        stored: &[StoredEvent],
+        nodes: &[(NodeKey, Hash)],
+    ) -> StoreResult<()> {
+        let col = |f: fn(&StoredEvent) -> Option<String>| {
+            stored.iter().map(f).collect::<Vec<Option<String>>>()
+        };
+        sqlx::query(sql::AUDIT_INSERT_UNNEST)
+            .bind(stored.iter().map(|e| i(e.leaf_index)).collect::<Vec<i64>>())
+            .bind(stored.iter().map(|e| e.id.clone()).collect::<Vec<String>>())
+            .bind(stored.iter().map(|e| e.at_ms).collect::<Vec<i64>>())
+            .bind(
+                stored
+                    .iter()
+                    .map(|e| e.action.clone())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(
+                stored
+                    .iter()
+                    .map(|e| e.outcome.clone())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(col(|e| e.account_id.clone()))
+            .bind(col(|e| e.credential_id.clone()))
+            .bind(col(|e| e.auth_method.clone()))
+            .bind(col(|e| e.source_addr.clone()))
+            .bind(col(|e| e.user_agent.clone()))
+            .bind(col(|e| e.resource_type.clone()))
+            .bind(col(|e| e.resource_id.clone()))
+            .bind(col(|e| e.reason.clone()))
+            .bind(col(|e| e.request_id.clone()))
+            .bind(
+                stored
+                    .iter()
+                    .map(|e| e.leaf.clone())
+                    .collect::<Vec<Vec<u8>>>(),
+            )
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(sql::AUDIT_NODES_UNNEST)
+            .bind(
+                nodes
+                    .iter()
+                    .map(|((l, _), _)| i64::from(*l))
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(nodes.iter().map(|((_, x), _)| i(*x)).collect::<Vec<i64>>())
+            .bind(
+                nodes
+                    .iter()
+                    .map(|(_, h)| h.to_vec())
+                    .collect::<Vec<Vec<u8>>>(),
+            )
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
 }
 
 impl_audit_store!(SqliteStore, sqlx::Sqlite, sql::AUDIT_SIZE);

@@ -89,6 +89,11 @@ pub const AUDIT_EVENT: &str = "SELECT leaf_index, event_id, at_ms, action, outco
 pub const AUDIT_SCAN: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
      source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM audit_log \
      WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2";
+pub const AUDIT_INSERT_UNNEST: &str = "INSERT INTO audit_log (leaf_index, event_id, at_ms, action, outcome, account_id, \
+     credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf) \
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bytea[])";
+pub const AUDIT_NODES_UNNEST: &str = "INSERT INTO audit_nodes (level, idx, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])";
 pub const AUDIT_SIZE: &str = "SELECT tree_size FROM audit_state WHERE singleton = 1";
 pub const AUDIT_SIZE_FOR_UPDATE: &str =
     "SELECT tree_size FROM audit_state WHERE singleton = 1 FOR UPDATE";
