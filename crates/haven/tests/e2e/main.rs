@@ -8,5 +8,6 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod isolation;
+mod logs;
 mod oauth;
 mod surface;
