@@ -17,7 +17,6 @@ async fn markers_never_reach_the_log(backend: Backend) {
         },
     )
     .await;
-    let acc = s.admin.account_id.clone();
     const NAME: &str = "MARKER-NAME-7f3a";
     const KEYNAME: &str = "MARKER-KEYNAME-91c2";
     const IDEM: &str = "MARKER-IDEM-55d0";
