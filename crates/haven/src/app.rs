@@ -432,7 +432,8 @@ async fn run_audit(o: &Opened, cmd: AuditCommand) -> Result<(), AnyError> {
             }));
         }
         AuditCommand::Verify => {
-            // Sign the current head first, so that what is verified is committed to.
+            // Everything queued is stored first. No new tree head is signed here: a head signed
+            // over a tampered database would bless it; the existing heads are what is checked.
             o.audit.flush().await;
             let mut last_report = std::time::Instant::now();
             let report = o

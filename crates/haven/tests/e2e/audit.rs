@@ -276,7 +276,10 @@ async fn tampering_is_detected(backend: Backend) {
     }
     let (_, list) = send(s.admin(Method::GET, "/v1/audit/events?page_size=10")).await;
     let id_at = |i: usize| list["items"][i]["id"].as_str().unwrap_or("").to_owned();
-    let (e3, e5) = (id_at(3), id_at(5));
+    let e3 = id_at(3);
+    // A signed checkpoint that the forged-signature case below can break.
+    let (st, _) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
+    assert_eq!(st, 200);
     let (_tmp, dir, url, _pg) = s.into_parts();
 
     let (ok, out) = verify(&dir, &url);
@@ -294,19 +297,24 @@ async fn tampering_is_detected(backend: Backend) {
     let restore = "DELETE FROM audit_log WHERE leaf_index < (SELECT COUNT(*) FROM saved) OR leaf_index >= 100000; INSERT INTO audit_log SELECT * FROM saved";
     let action_of_3 = list["items"][3]["action"].as_str().unwrap_or("").to_owned();
 
+    let caught = |tamper: String, expected: String| {
+        let (dir, url) = (dir.clone(), url.clone());
+        async move {
+            exec(backend, &url, &tamper).await;
+            let (ok, out) = verify(&dir, &url);
+            assert!(
+                !ok && out.contains(&expected),
+                "expected «{expected}» after «{tamper}»:\n{out}"
+            );
+            exec(backend, &url, restore).await;
+        }
+    };
     // Altered: one field of one event.
-    exec(
-        backend,
-        &url,
-        "UPDATE audit_log SET action = 'key.read' WHERE leaf_index = 3",
+    caught(
+        "UPDATE audit_log SET action = 'key.read' WHERE leaf_index = 3".into(),
+        format!("event {e3} at index 3 was altered"),
     )
     .await;
-    let (ok, out) = verify(&dir, &url);
-    assert!(
-        !ok && out.contains(&format!("event {e3} at index 3 was altered")),
-        "{out}"
-    );
-    exec(backend, &url, restore).await;
     // Altered consistently: the columns and a correctly re-serialized leaf rewritten together.
     // The tree's stored leaf hash (and every signed head above it) still commits to the original.
     let (from, to) = (
@@ -321,39 +329,25 @@ async fn tampering_is_detected(backend: Backend) {
             "UPDATE audit_log SET action = 'key.read', leaf = convert_to(replace(convert_from(leaf, 'UTF8'), '{from}', '{to}'), 'UTF8') WHERE leaf_index = 3"
         ),
     };
-    exec(backend, &url, &rewrite).await;
-    let (ok, out) = verify(&dir, &url);
-    assert!(
-        !ok && out.contains(&format!("event {e3} at index 3 was altered")),
-        "{out}"
-    );
-    exec(backend, &url, restore).await;
-
+    caught(rewrite, format!("event {e3} at index 3 was altered")).await;
     // Deleted.
-    exec(backend, &url, "DELETE FROM audit_log WHERE leaf_index = 5").await;
-    let (ok, out) = verify(&dir, &url);
-    assert!(
-        !ok && out.contains("the event at index 5 was deleted"),
-        "{out}"
-    );
-    exec(backend, &url, restore).await;
+    caught(
+        "DELETE FROM audit_log WHERE leaf_index = 5".into(),
+        "the event at index 5 was deleted".into(),
+    )
+    .await;
     // Inserted: a copy of an event past the end of the tree.
-    exec(backend, &url, "INSERT INTO audit_log SELECT leaf_index + 100000, 'evt_forged', at_ms, action, outcome, account_id, credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM saved WHERE leaf_index = 5").await;
-    let (ok, out) = verify(&dir, &url);
-    assert!(
-        !ok && out.contains("event evt_forged at index 100005 was inserted"),
-        "{out}"
-    );
-    exec(backend, &url, restore).await;
+    caught(
+        "INSERT INTO audit_log SELECT leaf_index + 100000, 'evt_forged', at_ms, action, outcome, account_id, credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM saved WHERE leaf_index = 5".into(),
+        "event evt_forged at index 100005 was inserted".into(),
+    )
+    .await;
     // Reordered: two events swap places.
-    exec(backend, &url, "UPDATE audit_log SET leaf_index = -1 WHERE leaf_index = 5; UPDATE audit_log SET leaf_index = 5 WHERE leaf_index = 6; UPDATE audit_log SET leaf_index = 6 WHERE leaf_index = -1").await;
-    let (ok, out) = verify(&dir, &url);
-    assert!(
-        !ok && out.contains("at index 5 was reordered (it was appended at index 6)"),
-        "{out}"
-    );
-    exec(backend, &url, restore).await;
-    let _ = e5;
+    caught(
+        "UPDATE audit_log SET leaf_index = -1 WHERE leaf_index = 5; UPDATE audit_log SET leaf_index = 5 WHERE leaf_index = 6; UPDATE audit_log SET leaf_index = 6 WHERE leaf_index = -1".into(),
+        "at index 5 was reordered (it was appended at index 6)".into(),
+    )
+    .await;
     let (ok, out) = verify(&dir, &url);
     assert!(ok, "the restored log must verify again:\n{out}");
 
