@@ -181,6 +181,14 @@ pub trait AuditStore: Send + Sync {
     async fn scan(&self, start: u64, limit: u32) -> StoreResult<Vec<StoredEvent>>;
     async fn get_system_secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
     async fn put_system_secret(&self, name: &str, sealed: &[u8], now_ms: i64) -> StoreResult<bool>;
+    /// Leaf hashes (level-0 nodes) of `[start, end)`, in order.
+    async fn leaf_hashes(&self, start: u64, end: u64) -> StoreResult<Vec<Hash>>;
+    /// Events below this index were pruned by retention.
+    async fn pruned_below(&self) -> StoreResult<u64>;
+    /// Deletes the events older than `before_ms` that form a prefix of the log (pruning stops
+    /// at the first newer event), keeping every tree node and tree head. Returns the new
+    /// boundary and how many events were deleted.
+    async fn prune(&self, before_ms: i64) -> StoreResult<(u64, u64)>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,11 +338,20 @@ impl AuditLog {
         let size = self.store.tree_size().await?;
         let mut problems = Vec::new();
         let mut leaves: Vec<Hash> = Vec::with_capacity(size as usize);
-        let mut expected = 0u64;
+        // Pruned events are gone on purpose; the tree's own leaf hashes stand in for them.
+        let pruned = self.store.pruned_below().await?.min(size);
+        leaves.extend(self.store.leaf_hashes(0, pruned).await?);
+        if leaves.len() as u64 != pruned {
+            problems.push(Problem::Deleted {
+                index: leaves.len() as u64,
+            });
+        }
+        let mut expected = pruned;
         // Scans forward from `cursor`, which only grows, through the events past the tree's
         // size as well (those were never committed: inserted).
         let mut cursor = 0u64;
         const PAGE: u32 = 5000;
+        let mut below_boundary = Vec::new();
         loop {
             let rows = self.store.scan(cursor, PAGE).await?;
             let Some(last) = rows.last().map(|r| r.leaf_index) else {
@@ -351,6 +368,10 @@ impl AuditLog {
                 .collect();
             let stored_leaves = self.store.nodes(&keys).await?;
             for row in rows {
+                if row.leaf_index < pruned {
+                    below_boundary.push(row);
+                    continue;
+                }
                 if row.leaf_index >= size {
                     problems.push(Problem::Inserted {
                         id: row.id,
@@ -391,6 +412,17 @@ impl AuditLog {
             }
             progress(expected.min(size), size);
         }
+        // Rows below the pruning boundary must be what the tree committed to (a pruned event put
+        // back is harmless; a forged one is not).
+        for row in below_boundary {
+            let committed = leaves.get(row.leaf_index as usize);
+            if committed != Some(&merkle::leaf_hash(&row.leaf)) || row.expected_leaf() != row.leaf {
+                problems.push(Problem::Altered {
+                    id: row.id,
+                    index: row.leaf_index,
+                });
+            }
+        }
         while expected < size {
             problems.push(Problem::Deleted { index: expected });
             expected += 1;
@@ -421,6 +453,15 @@ impl AuditLog {
             heads_checked,
             problems,
         })
+    }
+}
+
+impl AuditLog {
+    /// Applies retention: deletes events older than `before_ms`, signing a tree head first so
+    /// that the pruned events stay committed to by a signed head.
+    pub async fn prune(&self, before_ms: i64) -> AuditResult<(u64, u64)> {
+        self.tree_head().await?;
+        Ok(self.store.prune(before_ms).await?)
     }
 }
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub master_key: MasterKeyConfig,
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -39,6 +40,23 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             master_key: MasterKeyConfig::default(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Audit events older than this are pruned (hourly); tree nodes and signed tree heads are
+    /// kept, so what remains still verifies. HIPAA asks for six years.
+    pub retention_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 6 * 365,
         }
     }
 }
@@ -436,6 +454,12 @@ impl Config {
         if o.audience.trim().is_empty() {
             p.push(problem("oauth.audience", "must not be empty"));
         }
+        if !(1..=36_500).contains(&self.audit.retention_days) {
+            p.push(problem(
+                "audit.retention_days",
+                "must be between 1 and 36500",
+            ));
+        }
         if self.log.level.trim().is_empty() {
             p.push(problem("log.level", "must not be empty"));
         }
@@ -593,6 +617,7 @@ fn check_shape(root: &toml::Table, problems: &mut Vec<ConfigProblem>) {
             "log" => check_section::<LogConfig>(key, value, problems, &[]),
             "metrics" => check_section::<MetricsConfig>(key, value, problems, &[]),
             "master_key" => check_section::<MasterKeyConfig>(key, value, problems, &[]),
+            "audit" => check_section::<AuditConfig>(key, value, problems, &[]),
             "data_dir" => {
                 if let Err(e) = toml::Value::Table(one).try_into::<Config>() {
                     problems.push(problem(key, clean(&e.to_string())));

@@ -358,6 +358,46 @@ macro_rules! impl_audit_store {
                 haven_identity::store::IdentityStore::get_system_secret(self, name).await
             }
 
+            async fn leaf_hashes(&self, start: u64, end: u64) -> StoreResult<Vec<Hash>> {
+                let rows: Vec<(Vec<u8>,)> = sqlx::query_as(sql::AUDIT_LEAF_HASHES)
+                    .bind(i(start))
+                    .bind(i(end))
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.into_iter().map(|r| to_hash(r.0)).collect()
+            }
+
+            async fn pruned_below(&self) -> StoreResult<u64> {
+                let (n,): (i64,) = sqlx::query_as(sql::AUDIT_PRUNED_BELOW)
+                    .fetch_one(self.r())
+                    .await
+                    .map_err(backend)?;
+                Ok(u(n))
+            }
+
+            async fn prune(&self, before_ms: i64) -> StoreResult<(u64, u64)> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let (boundary,): (i64,) = sqlx::query_as(sql::AUDIT_PRUNE_BOUNDARY)
+                    .bind(before_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let deleted = sqlx::query(sql::AUDIT_PRUNE)
+                    .bind(boundary)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                sqlx::query(sql::AUDIT_SET_PRUNED)
+                    .bind(boundary)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok((u(boundary), deleted))
+            }
+
             async fn put_system_secret(
                 &self,
                 name: &str,

@@ -94,6 +94,14 @@ pub const AUDIT_INSERT_UNNEST: &str = "INSERT INTO audit_log (leaf_index, event_
      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
      $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bytea[])";
 pub const AUDIT_NODES_UNNEST: &str = "INSERT INTO audit_nodes (level, idx, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])";
+pub const AUDIT_LEAF_HASHES: &str =
+    "SELECT hash FROM audit_nodes WHERE level = 0 AND idx >= $1 AND idx < $2 ORDER BY idx";
+pub const AUDIT_PRUNED_BELOW: &str = "SELECT pruned_below FROM audit_state WHERE singleton = 1";
+/// The first event at or after the cutoff bounds the prefix that may go.
+pub const AUDIT_PRUNE_BOUNDARY: &str = "SELECT COALESCE(MIN(leaf_index), (SELECT tree_size FROM audit_state WHERE singleton = 1)) FROM audit_log WHERE at_ms >= $1";
+pub const AUDIT_PRUNE: &str = "DELETE FROM audit_log WHERE leaf_index < $1";
+pub const AUDIT_SET_PRUNED: &str =
+    "UPDATE audit_state SET pruned_below = $1 WHERE singleton = 1 AND pruned_below < $1";
 pub const AUDIT_SIZE: &str = "SELECT tree_size FROM audit_state WHERE singleton = 1";
 pub const AUDIT_SIZE_FOR_UPDATE: &str =
     "SELECT tree_size FROM audit_state WHERE singleton = 1 FOR UPDATE";

@@ -18,6 +18,7 @@ pub struct Opened {
     pub identity: Arc<Identity>,
     pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
+    pub retention_days: u64,
     pub audit_task: tokio::task::JoinHandle<()>,
 }
 
@@ -147,6 +148,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         identity,
         audit_log,
         audit,
+        retention_days: config.audit.retention_days,
         audit_task,
     })
 }
@@ -413,6 +415,131 @@ pub enum AuditCommand {
     Verify,
     /// Sign and print the current tree head.
     TreeHead,
+    /// Delete audit events older than a time (default: the configured retention), keeping the
+    /// tree's hashes and signed heads so that what remains still verifies.
+    Prune {
+        /// RFC 3339; events before it go.
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// Write audit events to standard output, oldest first, with their leaf bytes and hashes.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// RFC 3339; events at or after.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339; events before.
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+fn csv_field(v: Option<&str>) -> String {
+    let v = v.unwrap_or("");
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_owned()
+    }
+}
+
+async fn export(
+    o: &Opened,
+    format: ExportFormat,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(), AnyError> {
+    use std::io::Write;
+    let parse = |name: &str, v: Option<&str>| -> Result<Option<i64>, AnyError> {
+        v.map(|s| {
+            haven_platform::clock::parse_rfc3339(s)
+                .ok_or_else(|| format!("--{name} must be an RFC 3339 timestamp").into())
+        })
+        .transpose()
+    };
+    let (since, until) = (parse("since", since)?, parse("until", until)?);
+    let total = o.audit_log.store().tree_size().await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if matches!(format, ExportFormat::Csv) {
+        writeln!(
+            out,
+            "leaf_index,id,time,action,outcome,account_id,credential_id,auth_method,source_addr,user_agent,resource_type,resource_id,reason,request_id,leaf_hash"
+        )?;
+    }
+    let (mut cursor, mut written, mut last_report) = (0u64, 0u64, std::time::Instant::now());
+    loop {
+        let rows = o.audit_log.store().scan(cursor, 5000).await?;
+        let Some(last) = rows.last().map(|r| r.leaf_index) else {
+            break;
+        };
+        cursor = last + 1;
+        for e in rows {
+            if since.is_some_and(|s| e.at_ms < s) || until.is_some_and(|u| e.at_ms >= u) {
+                continue;
+            }
+            let hash = haven_audit::b64(&haven_audit::merkle::leaf_hash(&e.leaf));
+            let time = haven_platform::clock::to_rfc3339(e.at_ms);
+            match format {
+                ExportFormat::Jsonl => {
+                    let line = serde_json::json!({
+                        "leaf_index": e.leaf_index, "id": e.id, "time": time, "action": e.action, "outcome": e.outcome,
+                        "account_id": e.account_id, "credential_id": e.credential_id, "auth_method": e.auth_method,
+                        "source_addr": e.source_addr, "user_agent": e.user_agent, "resource_type": e.resource_type,
+                        "resource_id": e.resource_id, "reason": e.reason, "request_id": e.request_id,
+                        "leaf": haven_audit::b64(&e.leaf), "leaf_hash": hash,
+                    });
+                    writeln!(out, "{line}")?;
+                }
+                ExportFormat::Csv => {
+                    let index = e.leaf_index.to_string();
+                    let fields = [
+                        Some(index.as_str()),
+                        Some(e.id.as_str()),
+                        Some(time.as_str()),
+                        Some(e.action.as_str()),
+                        Some(e.outcome.as_str()),
+                        e.account_id.as_deref(),
+                        e.credential_id.as_deref(),
+                        e.auth_method.as_deref(),
+                        e.source_addr.as_deref(),
+                        e.user_agent.as_deref(),
+                        e.resource_type.as_deref(),
+                        e.resource_id.as_deref(),
+                        e.reason.as_deref(),
+                        e.request_id.as_deref(),
+                        Some(hash.as_str()),
+                    ];
+                    writeln!(
+                        out,
+                        "{}",
+                        fields
+                            .iter()
+                            .map(|f| csv_field(*f))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )?;
+                }
+            }
+            written += 1;
+        }
+        if last_report.elapsed() >= std::time::Duration::from_secs(1) {
+            eprintln!(
+                "haven audit export: {}/{total} events read",
+                cursor.min(total)
+            );
+            last_report = std::time::Instant::now();
+        }
+    }
+    out.flush()?;
+    eprintln!("haven audit export: {written} events written");
+    Ok(())
 }
 
 pub async fn audit(config: &Config, cmd: AuditCommand) -> Result<(), AnyError> {
@@ -430,6 +557,31 @@ async fn run_audit(o: &Opened, cmd: AuditCommand) -> Result<(), AnyError> {
                 "tree_size": h.tree_size, "timestamp": h.timestamp_ms, "root_hash": haven_audit::b64(&h.root_hash),
                 "signature": haven_audit::b64(&h.signature), "public_key": haven_audit::b64(&o.audit_log.public_key()),
             }));
+        }
+        AuditCommand::Prune { before } => {
+            let before_ms = match before {
+                Some(b) => haven_platform::clock::parse_rfc3339(&b)
+                    .ok_or("--before must be an RFC 3339 timestamp")?,
+                None => {
+                    haven_platform::clock::now_ms()
+                        - i64::try_from(o.retention_days * 86_400_000).unwrap_or(i64::MAX / 2)
+                }
+            };
+            o.audit.flush().await;
+            let (boundary, n) = o.audit_log.prune(before_ms).await?;
+            o.identity.audit_admin_command("audit prune", None).await;
+            println!(
+                "pruned {n} audit event(s); events below index {boundary} are gone, their hashes and signed tree heads kept"
+            );
+        }
+        AuditCommand::Export {
+            format,
+            since,
+            until,
+        } => {
+            o.audit.flush().await;
+            export(o, format, since.as_deref(), until.as_deref()).await?;
+            o.identity.audit_admin_command("audit export", None).await;
         }
         AuditCommand::Verify => {
             // Everything queued is stored first. No new tree head is signed here: a head signed

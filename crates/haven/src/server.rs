@@ -127,6 +127,9 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         let identity = Arc::clone(&opened.identity);
         let audit_log = Arc::clone(&opened.audit_log);
         let every = Duration::from_secs(config.oauth.keyset_refresh_seconds);
+        let retention_ms = i64::try_from(config.audit.retention_days.saturating_mul(86_400_000))
+            .unwrap_or(i64::MAX / 2);
+        let mut last_prune: Option<std::time::Instant> = None;
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -140,6 +143,20 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
                 // `haven audit verify` and for auditors.
                 if let Err(e) = audit_log.tree_head().await {
                     tracing::warn!(error = %e, "signing an audit tree head failed");
+                }
+                // Retention, hourly: events past it go; the tree keeps their hashes.
+                if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                    last_prune = Some(std::time::Instant::now());
+                    match audit_log
+                        .prune(haven_platform::clock::now_ms() - retention_ms)
+                        .await
+                    {
+                        Ok((_, 0)) => {}
+                        Ok((boundary, n)) => {
+                            tracing::info!(pruned = n, boundary, "audit retention applied")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+                    }
                 }
                 if let Some(m) = &metrics {
                     m.run_upkeep();

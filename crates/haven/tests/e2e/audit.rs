@@ -11,7 +11,8 @@ use std::process::Command;
 both_backends!(
     events_are_recorded_and_isolated,
     proofs_verify_with_third_party_code,
-    tampering_is_detected
+    tampering_is_detected,
+    retention_and_export
 );
 
 async fn events(s: &Server, kid: &str, secret: &str, query: &str) -> Vec<Value> {
@@ -360,4 +361,173 @@ async fn tampering_is_detected(backend: Backend) {
     .await;
     let (ok, out) = verify(&dir, &url);
     assert!(!ok && out.contains("has an invalid signature"), "{out}");
+}
+
+/// A minimal RFC 4180 reader, enough to check the export's quoting.
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut field, mut quoted, mut chars) = (
+        Vec::new(),
+        Vec::new(),
+        String::new(),
+        false,
+        text.chars().peekable(),
+    );
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => row.push(std::mem::take(&mut field)),
+            ('\n', false) => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (c, _) => field.push(c),
+        }
+    }
+    rows
+}
+
+async fn retention_and_export(backend: Backend) {
+    let s = Server::start(backend).await;
+    const AGENT: &str = "Probe, \"quoted\" agent";
+    let (st, _) = send(
+        s.admin(Method::GET, &format!("/v1/accounts/{}", s.admin.account_id))
+            .header("user-agent", AGENT),
+    )
+    .await;
+    assert_eq!(st, 200);
+    create_subaccount(&s, "A").await;
+    let (_, checkpoint) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
+    let first_size = checkpoint["tree_size"].as_u64().unwrap_or(0);
+    let admin = s.admin.clone();
+    let (_tmp, dir, url, _pg) = s.into_parts();
+
+    // Export: JSON Lines and CSV, the same events, leaf hashes that match the leaves.
+    let out = haven_cli(&dir, &url, &["audit", "export", "--format", "jsonl"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+        .collect();
+    assert!(
+        lines.len() as u64 >= first_size,
+        "{} lines for a tree of {first_size}",
+        lines.len()
+    );
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (n, l) in lines.iter().enumerate() {
+        assert_eq!(l["leaf_index"].as_u64(), Some(n as u64));
+        let leaf = b64
+            .decode(l["leaf"].as_str().unwrap_or(""))
+            .unwrap_or_default();
+        assert_eq!(
+            l["leaf_hash"],
+            b64.encode(haven_audit::merkle::leaf_hash(&leaf))
+        );
+    }
+    assert!(lines.iter().any(|l| l["user_agent"] == AGENT));
+    let out = haven_cli(&dir, &url, &["audit", "export", "--format", "csv"]);
+    let rows = csv_rows(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(rows[0][0], "leaf_index");
+    assert!(
+        rows[1..].iter().all(|r| r.len() == rows[0].len()),
+        "ragged CSV"
+    );
+    assert!(
+        rows.len() > lines.len(),
+        "the CSV export (made later) has at least as many events"
+    );
+    assert!(
+        rows.iter().any(|r| r[9] == AGENT),
+        "the user agent did not survive CSV quoting"
+    );
+
+    // Retention: everything before now goes; the log still verifies, tree heads included.
+    // (The cutoff has whole seconds: step past the second the events were made in.)
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let out = haven_cli(
+        &dir,
+        &url,
+        &[
+            "audit",
+            "prune",
+            "--before",
+            &crate::accounts::time_in(std::time::Duration::ZERO),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("pruned "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (ok, report) = verify(&dir, &url);
+    assert!(ok, "a pruned log must still verify:\n{report}");
+    assert!(
+        !haven_cli(&dir, &url, &["audit", "export"])
+            .stdout
+            .windows(AGENT.len())
+            .any(|w| w == AGENT.as_bytes())
+    );
+
+    // After a restart: pruned events are gone, new ones are proven, and the pre-pruning head is
+    // still consistent with the new one.
+    let mut s2 = Server::start_with(
+        backend,
+        Options {
+            data_dir: Some(dir.clone()),
+            database_url: Some(url.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    s2.admin = admin;
+    let (_, list) = send(s2.admin(Method::GET, "/v1/audit/events?page_size=200")).await;
+    let first_visible = list["items"][0]["leaf_index"].as_u64().unwrap_or(0);
+    assert!(
+        first_visible >= first_size,
+        "pruned events are still listed: first index {first_visible}"
+    );
+    let (_, head) = send(s2.admin(Method::GET, "/v1/audit/tree-head")).await;
+    let second_size = head["tree_size"].as_u64().unwrap_or(0);
+    let (st, c) = send(s2.admin(
+        Method::GET,
+        &format!("/v1/audit/consistency?first={first_size}&second={second_size}"),
+    ))
+    .await;
+    assert_eq!(st, 200, "{c}");
+    let dec = |v: &Value| -> [u8; 32] {
+        b64.decode(v.as_str().unwrap_or(""))
+            .unwrap_or_default()
+            .try_into()
+            .unwrap_or([0; 32])
+    };
+    let proof: Vec<[u8; 32]> = c["consistency"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(dec)
+        .collect();
+    assert!(haven_audit::merkle::verify_consistency(
+        first_size,
+        second_size,
+        &proof,
+        &dec(&checkpoint["root_hash"]),
+        &dec(&head["root_hash"])
+    ));
+    let got =
+        auditor(&s2, &[]).unwrap_or_else(|e| panic!("the auditor refused the pruned log: {e}"));
+    assert!(got["inclusion_verified"].as_u64().unwrap_or(0) > 0, "{got}");
 }
