@@ -203,13 +203,12 @@ async fn proofs_verify_with_third_party_code(backend: Backend) {
     assert_eq!(got["inclusion_verified"].as_u64(), Some(size));
     // Haven's own consistency proof between the two signed heads verifies (RFC 9162 §2.1.4.2).
     let (_, second) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
-    let second_size = second["tree_size"].as_u64().unwrap_or(0);
-    let (st, c) = send(s.admin(
-        Method::GET,
-        &format!("/v1/audit/consistency?first={first_size}&second={second_size}"),
-    ))
-    .await;
-    assert_eq!(st, 200, "{c}");
+    assert_consistent(&s, &first, &second).await;
+}
+
+/// Fetches Haven's consistency proof between two signed tree heads and checks it with the
+/// RFC 9162 §2.1.4.2 algorithm.
+async fn assert_consistent(s: &Server, first: &Value, second: &Value) {
     use base64::Engine;
     let dec = |v: &Value| -> [u8; 32] {
         base64::engine::general_purpose::STANDARD
@@ -218,19 +217,32 @@ async fn proofs_verify_with_third_party_code(backend: Backend) {
             .try_into()
             .unwrap_or([0; 32])
     };
+    let (m, n) = (
+        first["tree_size"].as_u64().unwrap_or(0),
+        second["tree_size"].as_u64().unwrap_or(0),
+    );
+    let (st, c) = send(s.admin(
+        Method::GET,
+        &format!("/v1/audit/consistency?first={m}&second={n}"),
+    ))
+    .await;
+    assert_eq!(st, 200, "{c}");
     let proof: Vec<[u8; 32]> = c["consistency"]
         .as_array()
         .into_iter()
         .flatten()
         .map(dec)
         .collect();
-    assert!(haven_audit::merkle::verify_consistency(
-        first_size,
-        second_size,
-        &proof,
-        &dec(&first["root_hash"]),
-        &dec(&second["root_hash"])
-    ));
+    assert!(
+        haven_audit::merkle::verify_consistency(
+            m,
+            n,
+            &proof,
+            &dec(&first["root_hash"]),
+            &dec(&second["root_hash"])
+        ),
+        "the consistency proof {m} → {n} does not verify: {c}"
+    );
 }
 
 /// Runs SQL against the stopped server's database.
@@ -501,32 +513,7 @@ async fn retention_and_export(backend: Backend) {
         "pruned events are still listed: first index {first_visible}"
     );
     let (_, head) = send(s2.admin(Method::GET, "/v1/audit/tree-head")).await;
-    let second_size = head["tree_size"].as_u64().unwrap_or(0);
-    let (st, c) = send(s2.admin(
-        Method::GET,
-        &format!("/v1/audit/consistency?first={first_size}&second={second_size}"),
-    ))
-    .await;
-    assert_eq!(st, 200, "{c}");
-    let dec = |v: &Value| -> [u8; 32] {
-        b64.decode(v.as_str().unwrap_or(""))
-            .unwrap_or_default()
-            .try_into()
-            .unwrap_or([0; 32])
-    };
-    let proof: Vec<[u8; 32]> = c["consistency"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(dec)
-        .collect();
-    assert!(haven_audit::merkle::verify_consistency(
-        first_size,
-        second_size,
-        &proof,
-        &dec(&checkpoint["root_hash"]),
-        &dec(&head["root_hash"])
-    ));
+    assert_consistent(&s2, &checkpoint, &head).await;
     let got =
         auditor(&s2, &[]).unwrap_or_else(|e| panic!("the auditor refused the pruned log: {e}"));
     assert!(got["inclusion_verified"].as_u64().unwrap_or(0) > 0, "{got}");
