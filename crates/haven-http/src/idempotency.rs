@@ -59,6 +59,10 @@ where
         fingerprint: haven_crypto::sha256(&[route.as_bytes(), b"\0", raw_body]).to_vec(),
         now_ms: now,
         expires_ms: now + RETENTION_MS,
+        // Past the request time limit (plus a margin) no request can still hold the claim.
+        stale_before_ms: now
+            - i64::try_from(state.settings.request_timeout.as_millis()).unwrap_or(i64::MAX / 4)
+            - 5_000,
     };
     let store = &state.idempotency;
     match store

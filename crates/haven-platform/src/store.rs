@@ -32,6 +32,10 @@ pub struct IdempotencyClaim {
     pub fingerprint: Vec<u8>,
     pub now_ms: i64,
     pub expires_ms: i64,
+    /// A claim still unfinished from before this time belonged to a request that can no longer
+    /// be running (it outlived the request time limit: the server crashed mid-request); it may
+    /// be taken over.
+    pub stale_before_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -543,21 +543,23 @@ macro_rules! impl_stores {
                     if claimed == 1 {
                         return Ok(IdempotencyBegin::Claimed);
                     }
-                    let row: Option<(Vec<u8>, Option<i64>, Option<Vec<u8>>, i64)> =
+                    let row: Option<(Vec<u8>, Option<i64>, Option<Vec<u8>>, i64, i64)> =
                         sqlx::query_as(sql::IDEM_GET)
                             .bind(&c.account_id)
                             .bind(&c.key)
                             .fetch_optional(self.w())
                             .await
                             .map_err(backend)?;
-                    let Some((fingerprint, status, body, expires)) = row else {
+                    let Some((fingerprint, status, body, expires, created)) = row else {
                         continue;
                     };
-                    if expires <= c.now_ms {
+                    let abandoned = status.is_none() && created < c.stale_before_ms;
+                    if expires <= c.now_ms || abandoned {
                         sqlx::query(sql::IDEM_DELETE_EXPIRED)
                             .bind(&c.account_id)
                             .bind(&c.key)
                             .bind(c.now_ms)
+                            .bind(c.stale_before_ms)
                             .execute(self.w())
                             .await
                             .map_err(backend)?;

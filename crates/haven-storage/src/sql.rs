@@ -69,9 +69,9 @@ pub const PUT_SYSTEM_SECRET: &str = "INSERT INTO system_secrets (name, sealed, c
 
 pub const IDEM_CLAIM: &str = "INSERT INTO idempotency_keys (account_id, key, fingerprint, status, body, created_at_ms, expires_at_ms) \
      VALUES ($1, $2, $3, NULL, NULL, $4, $5) ON CONFLICT (account_id, key) DO NOTHING";
-pub const IDEM_GET: &str = "SELECT fingerprint, status, body, expires_at_ms FROM idempotency_keys WHERE account_id = $1 AND key = $2";
-pub const IDEM_DELETE_EXPIRED: &str =
-    "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 AND expires_at_ms <= $3";
+pub const IDEM_GET: &str = "SELECT fingerprint, status, body, expires_at_ms, created_at_ms FROM idempotency_keys WHERE account_id = $1 AND key = $2";
+pub const IDEM_DELETE_EXPIRED: &str = "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 \
+     AND (expires_at_ms <= $3 OR (status IS NULL AND created_at_ms < $4))";
 pub const IDEM_COMPLETE: &str =
     "UPDATE idempotency_keys SET status = $1, body = $2 WHERE account_id = $3 AND key = $4";
 pub const IDEM_ABANDON: &str =

@@ -246,7 +246,7 @@ async fn assert_consistent(s: &Server, first: &Value, second: &Value) {
 }
 
 /// Runs SQL against the stopped server's database.
-async fn exec(backend: Backend, url: &str, sql: &str) {
+pub async fn exec(backend: Backend, url: &str, sql: &str) {
     use sqlx::Connection;
     match backend {
         Backend::Sqlite => {
