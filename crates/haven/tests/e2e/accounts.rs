@@ -457,32 +457,16 @@ async fn idempotent_creates(backend: Backend) {
 }
 
 async fn restart_keeps_state(backend: Backend) {
-    let s = Server::start(backend).await;
-    let admin = s.admin.clone();
+    let mut s = Server::start(backend).await;
     let sub = create_subaccount(&s, "Cardiology").await;
-    let (tmp, dir, url, pg) = s.into_parts();
-    let mut s2 = Server::start_with(
-        backend,
-        Options {
-            data_dir: Some(dir.clone()),
-            database_url: Some(url.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
-    s2.admin = admin;
+    s.restart().await;
     // No second bootstrap: the root and its key are the same.
-    assert_eq!(s2.stdout().matches("Created the root account").count(), 1);
-    let (st, body) = send(s2.admin(Method::GET, &format!("/v1/accounts/{sub}"))).await;
+    assert_eq!(s.stdout().matches("Created the root account").count(), 1);
+    let (st, body) = send(s.admin(Method::GET, &format!("/v1/accounts/{sub}"))).await;
     assert_eq!(
         (st.as_u16(), body["name"].as_str()),
         (200, Some("Cardiology"))
     );
     // A clean stop exits 0.
-    assert_eq!(s2.stop().map(|st| st.success()), Some(true));
-    drop(s2);
-    if let Some(db) = pg {
-        let _ = db; // dropped with the cluster; a restart test owns no other database
-    }
-    drop(tmp);
+    assert_eq!(s.stop().map(|st| st.success()), Some(true));
 }

@@ -283,7 +283,7 @@ fn verify(dir: &std::path::Path, url: &str) -> (bool, String) {
 }
 
 async fn tampering_is_detected(backend: Backend) {
-    let s = Server::start(backend).await;
+    let mut s = Server::start(backend).await;
     for name in ["A", "B", "C", "D"] {
         create_subaccount(&s, name).await;
     }
@@ -293,7 +293,8 @@ async fn tampering_is_detected(backend: Backend) {
     // A signed checkpoint that the forged-signature case below can break.
     let (st, _) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
     assert_eq!(st, 200);
-    let (_tmp, dir, url, _pg) = s.into_parts();
+    s.stop();
+    let (dir, url) = (s.dir.clone(), s.database_url.clone());
 
     let (ok, out) = verify(&dir, &url);
     assert!(ok, "an untouched log must verify:\n{out}");
@@ -403,7 +404,7 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
 }
 
 async fn retention_and_export(backend: Backend) {
-    let s = Server::start(backend).await;
+    let mut s = Server::start(backend).await;
     const AGENT: &str = "Probe, \"quoted\" agent";
     let (st, _) = send(
         s.admin(Method::GET, &format!("/v1/accounts/{}", s.admin.account_id))
@@ -414,8 +415,8 @@ async fn retention_and_export(backend: Backend) {
     create_subaccount(&s, "A").await;
     let (_, checkpoint) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
     let first_size = checkpoint["tree_size"].as_u64().unwrap_or(0);
-    let admin = s.admin.clone();
-    let (_tmp, dir, url, _pg) = s.into_parts();
+    s.stop();
+    let (dir, url) = (s.dir.clone(), s.database_url.clone());
 
     // Export: JSON Lines and CSV, the same events, leaf hashes that match the leaves.
     let out = haven_cli(&dir, &url, &["audit", "export", "--format", "jsonl"]);
@@ -496,25 +497,16 @@ async fn retention_and_export(backend: Backend) {
 
     // After a restart: pruned events are gone, new ones are proven, and the pre-pruning head is
     // still consistent with the new one.
-    let mut s2 = Server::start_with(
-        backend,
-        Options {
-            data_dir: Some(dir.clone()),
-            database_url: Some(url.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
-    s2.admin = admin;
-    let (_, list) = send(s2.admin(Method::GET, "/v1/audit/events?page_size=200")).await;
+    s.restart().await;
+    let (_, list) = send(s.admin(Method::GET, "/v1/audit/events?page_size=200")).await;
     let first_visible = list["items"][0]["leaf_index"].as_u64().unwrap_or(0);
     assert!(
         first_visible >= first_size,
         "pruned events are still listed: first index {first_visible}"
     );
-    let (_, head) = send(s2.admin(Method::GET, "/v1/audit/tree-head")).await;
-    assert_consistent(&s2, &checkpoint, &head).await;
+    let (_, head) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
+    assert_consistent(&s, &checkpoint, &head).await;
     let got =
-        auditor(&s2, &[]).unwrap_or_else(|e| panic!("the auditor refused the pruned log: {e}"));
+        auditor(&s, &[]).unwrap_or_else(|e| panic!("the auditor refused the pruned log: {e}"));
     assert!(got["inclusion_verified"].as_u64().unwrap_or(0) > 0, "{got}");
 }

@@ -145,6 +145,7 @@ pub struct Server {
     pub backend: Backend,
     pub database_url: String,
     pg_database: Option<String>,
+    opts: Options,
 }
 
 pub fn bin() -> &'static str {
@@ -192,34 +193,10 @@ impl Server {
             }
         };
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
-        let _ = std::fs::remove_file(dir.join("listen.addr"));
-        let log = |name: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(name))
-                .unwrap_or_else(|e| panic!("log: {e}"))
-        };
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&dir)
-            .args(["--database-url", &database_url])
-            .env("HAVEN_LOG__LEVEL", "info")
-            .env("HAVEN_OAUTH__KEYSET_REFRESH_SECONDS", "1")
-            .stdin(Stdio::null())
-            .stdout(log("stdout.log"))
-            .stderr(log("stderr.log"));
-        if opts.plain_http {
-            cmd.env("HAVEN_SERVER__TLS__ENABLED", "false");
-        }
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn haven: {e}"));
         let mut server = Server {
-            child: Some(child),
+            child: None,
             _tmp: tmp,
-            dir: dir.clone(),
+            dir,
             base: String::new(),
             port: 0,
             client: reqwest::Client::new(),
@@ -231,7 +208,40 @@ impl Server {
             backend,
             database_url,
             pg_database,
+            opts,
         };
+        server.launch().await;
+        server
+    }
+
+    /// Starts `haven serve` on this server's data directory and database and waits until it
+    /// listens; picks up the bootstrap credential when the data directory has one.
+    async fn launch(&mut self) {
+        let dir = self.dir.clone();
+        let _ = std::fs::remove_file(dir.join("listen.addr"));
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .unwrap_or_else(|e| panic!("log: {e}"))
+        };
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .args(["--database-url", &self.database_url])
+            .env("HAVEN_LOG__LEVEL", "info")
+            .env("HAVEN_OAUTH__KEYSET_REFRESH_SECONDS", "1")
+            .stdin(Stdio::null())
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"));
+        if self.opts.plain_http {
+            cmd.env("HAVEN_SERVER__TLS__ENABLED", "false");
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn haven: {e}")));
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
             if let Ok(a) = std::fs::read_to_string(dir.join("listen.addr"))
@@ -239,39 +249,49 @@ impl Server {
             {
                 break a.trim().to_owned();
             }
-            if let Some(status) = server
+            if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 panic!(
                     "haven exited with {status} while starting:\n{}",
-                    server.stderr()
+                    self.stderr()
                 );
             }
             assert!(
                 Instant::now() < deadline,
                 "haven did not start:\n{}",
-                server.stderr()
+                self.stderr()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let port: u16 = addr
+        self.port = addr
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("bad addr {addr}"));
-        server.port = port;
-        server.base = format!(
-            "{}://127.0.0.1:{port}",
-            if opts.plain_http { "http" } else { "https" }
+        self.base = format!(
+            "{}://127.0.0.1:{}",
+            if self.opts.plain_http {
+                "http"
+            } else {
+                "https"
+            },
+            self.port
         );
-        server.client = client_for(&dir);
+        self.client = client_for(&dir);
         if let Ok(text) = std::fs::read_to_string(dir.join("bootstrap-admin.json")) {
-            server.admin =
+            self.admin =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("bootstrap file: {e}"));
         }
-        server
+    }
+
+    /// Stops the server (if running) and starts it again on the same data directory and
+    /// database; both stay owned by this server and are cleaned up with it.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
     }
 
     pub fn stderr(&self) -> String {
@@ -322,17 +342,6 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-    }
-
-    /// Keeps the data directory and database for a restart.
-    pub fn into_parts(mut self) -> (Option<tempfile::TempDir>, PathBuf, String, Option<String>) {
-        self.stop();
-        (
-            self._tmp.take(),
-            self.dir.clone(),
-            self.database_url.clone(),
-            self.pg_database.take(),
-        )
     }
 }
 
