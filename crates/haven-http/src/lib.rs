@@ -36,7 +36,8 @@ pub struct HttpSettings {
     pub body_limit: usize,
     pub request_timeout: Duration,
     pub tls: bool,
-    pub hsts_max_age_seconds: u64,
+    /// `Strict-Transport-Security`, made once at start; `None` when serving plain HTTP.
+    pub hsts: Option<HeaderValue>,
     pub trusted_proxies: Vec<IpNet>,
     pub public_url: String,
     pub metrics_token: Option<Secret<String>>,
@@ -228,13 +229,8 @@ async fn context(State(st): State<Arc<AppState>>, mut req: Request, next: Next) 
         .or_insert(HeaderValue::from_static(
             "default-src 'none'; frame-ancestors 'none'",
         ));
-    if st.settings.tls
-        && let Ok(v) = HeaderValue::from_str(&format!(
-            "max-age={}; includeSubDomains",
-            st.settings.hsts_max_age_seconds
-        ))
-    {
-        h.insert(header::STRICT_TRANSPORT_SECURITY, v);
+    if let Some(v) = &st.settings.hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
     }
     let elapsed = started.elapsed();
     let route_label = route.unwrap_or_else(|| "unmatched".to_owned());

@@ -109,7 +109,14 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
             body_limit: config.server.body_limit_bytes,
             request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
             tls,
-            hsts_max_age_seconds: config.server.hsts_max_age_seconds,
+            hsts: tls
+                .then(|| {
+                    format!(
+                        "max-age={}; includeSubDomains",
+                        config.server.hsts_max_age_seconds
+                    )
+                })
+                .and_then(|v| axum::http::HeaderValue::from_str(&v).ok()),
             trusted_proxies,
             public_url,
             metrics_token: config.metrics.bearer_token.clone(),
