@@ -465,8 +465,9 @@ impl Identity {
         }))
     }
 
-    /// Whether `client` manages `account_id`: its own account or a direct subaccount.
-    async fn may_manage(&self, client: &Principal, account_id: &str) -> IdentityResult<bool> {
+    /// Whether `client` manages `account_id`: its own account or a direct subaccount. A question
+    /// of tenancy alone, independent of the caller's scopes.
+    pub async fn may_manage(&self, client: &Principal, account_id: &str) -> IdentityResult<bool> {
         if client.account_id == account_id {
             return Ok(true);
         }

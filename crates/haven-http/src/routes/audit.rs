@@ -125,10 +125,11 @@ async fn may_see(st: &AppState, p: &Principal, e: &StoredEvent) -> Result<bool, 
     let Some(account) = &e.account_id else {
         return Ok(false);
     };
-    if *account == p.account_id {
-        return Ok(true);
-    }
-    Ok(st.identity.get_account(p, account).await.is_ok())
+    // Tenancy alone decides; the caller's scopes (audit:read was checked) do not.
+    st.identity
+        .may_manage(p, account)
+        .await
+        .map_err(Problem::from)
 }
 
 /// List audit events, oldest first.

@@ -12,7 +12,8 @@ both_backends!(
     events_are_recorded_and_isolated,
     proofs_verify_with_third_party_code,
     tampering_is_detected,
-    retention_and_export
+    retention_and_export,
+    a_master_proves_its_subaccounts_events_with_audit_read_alone
 );
 
 async fn events(s: &Server, kid: &str, secret: &str, query: &str) -> Vec<Value> {
@@ -509,4 +510,108 @@ async fn retention_and_export(backend: Backend) {
     let got =
         auditor(&s, &[]).unwrap_or_else(|e| panic!("the auditor refused the pruned log: {e}"));
     assert!(got["inclusion_verified"].as_u64().unwrap_or(0) > 0, "{got}");
+}
+
+async fn a_master_proves_its_subaccounts_events_with_audit_read_alone(backend: Backend) {
+    let s = Server::start(backend).await;
+    // A second tenant: a master account other than the operator's root.
+    let out = haven_cli(
+        &s.dir,
+        &s.database_url,
+        &["accounts", "create", "--name", "Second Hospital"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let master: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let master = master["id"].as_str().unwrap_or_default().to_owned();
+    let out = haven_cli(
+        &s.dir,
+        &s.database_url,
+        &[
+            "keys",
+            "create",
+            "--account",
+            &master,
+            "--name",
+            "ops",
+            "--scope",
+            "accounts:admin",
+            "--scope",
+            "keys:admin",
+            "--scope",
+            "audit:read",
+        ],
+    );
+    let ops: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let (ok, osec) = (
+        ops["id"].as_str().unwrap_or("").to_owned(),
+        ops["secret"].as_str().unwrap_or("").to_owned(),
+    );
+    let (_, sub) = send(
+        s.as_key(Method::POST, "/v1/accounts", &ok, &osec)
+            .json(&serde_json::json!({"name": "Ward"})),
+    )
+    .await;
+    let sub = sub["id"].as_str().unwrap_or_default().to_owned();
+    let (_, auditor_key) = send(
+        s.as_key(
+            Method::POST,
+            &format!("/v1/accounts/{master}/keys"),
+            &ok,
+            &osec,
+        )
+        .json(&serde_json::json!({"name": "auditor", "scopes": ["audit:read"]})),
+    )
+    .await;
+    let (ak, asec) = (
+        auditor_key["id"].as_str().unwrap_or("").to_owned(),
+        auditor_key["secret"].as_str().unwrap_or("").to_owned(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The sub's creation is an event of the master; make one that belongs to the sub itself.
+    let (_, sub_key) = send(
+        s.as_key(
+            Method::POST,
+            &format!("/v1/accounts/{sub}/keys"),
+            &ok,
+            &osec,
+        )
+        .json(&serde_json::json!({"name": "ward app", "scopes": ["accounts:read"]})),
+    )
+    .await;
+    let (sk, ssec) = (
+        sub_key["id"].as_str().unwrap_or("").to_owned(),
+        sub_key["secret"].as_str().unwrap_or("").to_owned(),
+    );
+    let (st, _) = send(s.as_key(Method::GET, &format!("/v1/accounts/{sub}"), &sk, &ssec)).await;
+    assert_eq!(st, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let of_sub = events(&s, &ak, &asec, &format!("&account_id={sub}")).await;
+    let event = of_sub
+        .first()
+        .unwrap_or_else(|| panic!("the master's auditor does not see its subaccount's events"));
+    let (st, proof) = send(s.as_key(
+        Method::GET,
+        &format!(
+            "/v1/audit/events/{}/proof",
+            event["id"].as_str().unwrap_or("")
+        ),
+        &ak,
+        &asec,
+    ))
+    .await;
+    assert_eq!(
+        st, 200,
+        "audit:read alone must prove a subaccount's event: {proof}"
+    );
+    // And still nothing of the other tenant.
+    assert!(
+        events(&s, &ak, &asec, "")
+            .await
+            .iter()
+            .all(|e| e["actor"]["account_id"] == master || e["actor"]["account_id"] == sub)
+    );
 }
