@@ -8,7 +8,7 @@ pub mod merkle;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use haven_crypto::jwt::SigningKey;
-use haven_crypto::keys::MasterKey;
+use haven_crypto::ring::KeyProvider;
 use haven_platform::audit::AuditEvent;
 use haven_platform::page::PageRequest;
 use haven_platform::store::{StoreError, StoreResult};
@@ -223,14 +223,14 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the log, creating its Ed25519 tree-head signing key (sealed with the master key)
     /// on a new database.
-    pub async fn open(store: Arc<dyn AuditStore>, master: &MasterKey) -> AuditResult<Self> {
+    pub async fn open(store: Arc<dyn AuditStore>, master: &dyn KeyProvider) -> AuditResult<Self> {
         let context = format!("haven:system:{SIGNING_KEY_NAME}");
         if store.get_system_secret(SIGNING_KEY_NAME).await?.is_none() {
             let (_, pkcs8) = SigningKey::generate("audit".into())?;
             store
                 .put_system_secret(
                     SIGNING_KEY_NAME,
-                    &master.seal(&context, &pkcs8)?,
+                    &master.wrap(&context, &pkcs8)?,
                     haven_platform::clock::now_ms(),
                 )
                 .await?;
@@ -239,7 +239,7 @@ impl AuditLog {
             .get_system_secret(SIGNING_KEY_NAME)
             .await?
             .ok_or(AuditError::Invalid("audit signing key vanished"))?;
-        let signer = SigningKey::from_pkcs8("audit".into(), &master.open(&context, &sealed)?)?;
+        let signer = SigningKey::from_pkcs8("audit".into(), &master.unwrap(&context, &sealed)?)?;
         Ok(Self { store, signer })
     }
 

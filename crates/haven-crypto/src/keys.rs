@@ -1,7 +1,7 @@
 //! The master key (key-encryption key), sealing under it, and the keyed hash of API secrets.
 
 use crate::CryptoError;
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::aead::{AES_256_GCM, LessSafeKey, UnboundKey};
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -15,6 +15,7 @@ use std::path::Path;
 pub struct MasterKey {
     key: LessSafeKey,
     id: String,
+    tag: [u8; 8],
 }
 
 impl fmt::Debug for MasterKey {
@@ -37,7 +38,13 @@ impl MasterKey {
             b"haven master key id",
         );
         let id = format!("mk_{}", hex_prefix(tag.as_ref(), 8));
-        Ok(Self { key, id })
+        let mut short = [0u8; 8];
+        short.copy_from_slice(&tag.as_ref()[..8]);
+        Ok(Self {
+            key,
+            id,
+            tag: short,
+        })
     }
 
     /// Parses the base64 form used in key files and `HAVEN_MASTER_KEY`.
@@ -74,36 +81,19 @@ impl MasterKey {
         &self.id
     }
 
+    /// The 8 bytes the id is made of; written in front of what the key wraps (see `ring`).
+    pub(crate) fn tag(&self) -> &[u8; 8] {
+        &self.tag
+    }
+
     /// AES-256-GCM with a random nonce; `context` is bound as associated data, so sealed bytes
     /// moved to another place (another row, another purpose) fail to open.
     pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let nonce_bytes = crate::random_bytes::<NONCE_LEN>()?;
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
-        out.extend_from_slice(&nonce_bytes);
-        let mut body = plaintext.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(context.as_bytes()),
-                &mut body,
-            )
-            .map_err(|_| CryptoError::Unseal)?;
-        out.extend_from_slice(&body);
-        Ok(out)
+        crate::aead::seal(&self.key, context.as_bytes(), plaintext)
     }
 
     pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < NONCE_LEN + 16 {
-            return Err(CryptoError::Unseal);
-        }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Unseal)?;
-        let mut body = body.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut body)
-            .map_err(|_| CryptoError::Unseal)?;
-        Ok(plain.to_vec())
+        crate::aead::open(&self.key, context.as_bytes(), sealed)
     }
 }
 

@@ -2,8 +2,10 @@
 //! random secrets, Ed25519-signed JWTs, and the self-signed TLS certificate. Everything uses
 //! aws-lc-rs.
 
+pub mod aead;
 pub mod jwt;
 pub mod keys;
+pub mod ring;
 pub mod tls;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};

@@ -6,6 +6,7 @@ use crate::problem::{Problem, ProblemType};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use haven_platform::store::{IdempotencyBegin, IdempotencyClaim};
+use haven_vault::FieldRef;
 use serde::Serialize;
 
 /// How long a key is remembered.
@@ -18,6 +19,15 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         HeaderValue::from_static("application/json"),
     );
     res
+}
+
+fn field<'a>(account_id: &'a str, key: &'a str) -> FieldRef<'a> {
+    FieldRef {
+        account_id,
+        table: "idempotency_keys",
+        column: "body",
+        row_id: key,
+    }
 }
 
 /// Runs `create` at most once per `Idempotency-Key` (per account). Only successful responses
@@ -73,6 +83,16 @@ where
         IdempotencyBegin::Claimed => {}
         IdempotencyBegin::Replay { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            // Bodies are stored sealed (they may hold PHI or a new key's secret); a body stored
+            // before sealing existed is plain JSON.
+            let body = if body.first() == Some(&b'{') {
+                body
+            } else {
+                state
+                    .vault
+                    .open_for_account(&field(account_id, key), &body)
+                    .await?
+            };
             let mut res = json_response(status, body);
             res.headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -94,8 +114,12 @@ where
     match create.await {
         Ok(value) => {
             let body = serde_json::to_vec(&value).map_err(|e| Problem::internal(&e))?;
+            let sealed = state
+                .vault
+                .seal_for_account(&field(account_id, key), &body)
+                .await?;
             store
-                .complete(&claim, status.as_u16(), &body)
+                .complete(&claim, status.as_u16(), &sealed)
                 .await
                 .map_err(|e| Problem::internal(&e))?;
             Ok(json_response(status, body))

@@ -45,6 +45,9 @@ pub struct HttpSettings {
 
 pub struct AppState {
     pub identity: Arc<Identity>,
+    pub vault: Arc<haven_vault::Vault>,
+    pub contacts: Arc<haven_contacts::Contacts>,
+    pub webhooks: Arc<haven_webhooks::Webhooks>,
     pub audit: Arc<haven_audit::AuditLog>,
     /// The operator's account, made at bootstrap.
     pub root_account_id: String,
@@ -69,6 +72,8 @@ pub struct AppState {
         (name = "accounts", description = "Accounts and subaccounts (departments)"),
         (name = "keys", description = "API keys"),
         (name = "oauth", description = "OAuth 2.0 client credentials"),
+        (name = "contacts", description = "Data subjects (patients and other contacts), encrypted under per-subject keys"),
+        (name = "webhooks", description = "Signed webhooks (Standard Webhooks) with a durable outbox, retries and replay"),
         (name = "audit", description = "The tamper-evident audit log (RFC 6962 Merkle tree)"),
         (name = "system", description = "Health, metrics and documentation"),
     )
@@ -92,13 +97,30 @@ impl Modify for SecuritySchemes {
 
 /// Every route with its documentation; the two cannot drift apart.
 fn api() -> OpenApiRouter<Arc<AppState>> {
-    use routes::{accounts, audit, keys, oauth, system};
+    use routes::{accounts, audit, contacts, keys, oauth, system, webhooks};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create_account, accounts::list_accounts))
         .routes(routes!(accounts::get_account, accounts::update_account))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::get_key, keys::revoke_key))
         .routes(routes!(keys::rotate_key))
+        .routes(routes!(contacts::create_contact, contacts::list_contacts))
+        .routes(routes!(contacts::search_contacts))
+        .routes(routes!(contacts::get_contact, contacts::update_contact))
+        .routes(routes!(contacts::erase_contact))
+        .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
+        .routes(routes!(
+            webhooks::get_endpoint,
+            webhooks::update_endpoint,
+            webhooks::delete_endpoint
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::event_types))
+        .routes(routes!(webhooks::list_webhook_events))
+        .routes(routes!(webhooks::get_webhook_event))
+        .routes(routes!(webhooks::list_attempts))
+        .routes(routes!(webhooks::replay_event))
+        .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(audit::list_events))
         .routes(routes!(audit::event_proof))
         .routes(routes!(audit::tree_head))

@@ -3,7 +3,10 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use haven_contacts::ContactsError;
 use haven_identity::{FieldError, IdentityError};
+use haven_vault::VaultError;
+use haven_webhooks::WebhooksError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -57,6 +60,12 @@ catalogue! {
         "The path exists but does not support this HTTP method."),
     Conflict => ("conflict", StatusCode::CONFLICT, "Conflict",
         "The request conflicts with the resource's current state."),
+    Erased => ("erased", StatusCode::CONFLICT, "Erased",
+        "The data subject was erased: its key was destroyed, so its data can no longer be read or changed. The resource still answers reads, with its PHI fields null and `status: erased`."),
+    WebhookTargetForbidden => ("webhook-target-forbidden", StatusCode::UNPROCESSABLE_ENTITY, "Webhook target not allowed",
+        "Webhook endpoints must use HTTPS and must not point at private, loopback, link-local or cloud metadata addresses, unless the operator allowlisted them in `webhooks.allow_targets`."),
+    StoredDataUnreadable => ("stored-data-unreadable", StatusCode::INTERNAL_SERVER_ERROR, "Stored data failed its integrity check",
+        "Encrypted data in the database failed authentication: it was altered, or moved from the row or field it belongs to. Nothing was returned. The failure is logged with the request id given as `instance`."),
     IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
         "This Idempotency-Key was already used with a different request. Use a new key for a new request."),
     IdempotencyKeyInUse => ("idempotency-key-in-use", StatusCode::CONFLICT, "Idempotency key in use",
@@ -214,6 +223,72 @@ impl From<IdentityError> for Problem {
             IdentityError::Conflict(why) => Problem::new(ProblemType::Conflict, format!("{why}.")),
             IdentityError::Store(e) => Problem::internal(&e),
             IdentityError::Crypto(e) => Problem::internal(&e),
+        }
+    }
+}
+
+impl From<VaultError> for Problem {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Erased => Problem::new(ProblemType::Erased, "The data subject was erased."),
+            VaultError::Integrity(why) => {
+                tracing::error!(request_id = %current_request_id(), reason = why, "stored ciphertext failed authentication");
+                Problem::new(
+                    ProblemType::StoredDataUnreadable,
+                    "Stored data failed its integrity check; nothing was returned.",
+                )
+            }
+            VaultError::Crypto(e) => Problem::internal(&e),
+            VaultError::Store(e) => Problem::internal(&e),
+        }
+    }
+}
+
+impl From<ContactsError> for Problem {
+    fn from(e: ContactsError) -> Self {
+        match e {
+            ContactsError::Invalid(errors) => Problem::new(
+                ProblemType::ValidationFailed,
+                "One or more fields are invalid.",
+            )
+            .with_errors(field_problems(errors)),
+            ContactsError::NotFound => Problem::new(ProblemType::NotFound, "No such contact."),
+            ContactsError::DuplicateReference => Problem::new(
+                ProblemType::Conflict,
+                "The account already has a contact with this reference.",
+            ),
+            ContactsError::Erased => Problem::new(
+                ProblemType::Erased,
+                "The contact was erased; it can no longer be changed.",
+            ),
+            ContactsError::Identity(e) => e.into(),
+            ContactsError::Vault(e) => e.into(),
+            ContactsError::Store(e) => Problem::internal(&e),
+        }
+    }
+}
+
+impl From<WebhooksError> for Problem {
+    fn from(e: WebhooksError) -> Self {
+        match e {
+            WebhooksError::Invalid(errors) => Problem::new(
+                ProblemType::ValidationFailed,
+                "One or more fields are invalid.",
+            )
+            .with_errors(field_problems(errors)),
+            WebhooksError::Target(t) => Problem::new(
+                ProblemType::WebhookTargetForbidden,
+                format!("The endpoint URL is not allowed: {t}."),
+            )
+            .with_errors(vec![FieldProblem {
+                field: "url".into(),
+                message: t.to_string(),
+            }]),
+            WebhooksError::NotFound => Problem::new(ProblemType::NotFound, "No such resource."),
+            WebhooksError::Identity(e) => e.into(),
+            WebhooksError::Vault(e) => e.into(),
+            WebhooksError::Store(e) => Problem::internal(&e),
+            WebhooksError::Crypto(e) => Problem::internal(&e),
         }
     }
 }

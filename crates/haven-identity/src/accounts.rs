@@ -7,8 +7,10 @@ use crate::{
 };
 use haven_platform::audit::{Actor, AuditAction, Outcome};
 use haven_platform::clock::now_ms;
+use haven_platform::events::OutboxEvent;
 use haven_platform::id::new_id;
 use haven_platform::page::{Page, PageRequest};
+use serde_json::json;
 
 const ACCOUNTS_READ: Scope = Scope::new("accounts", Right::Read);
 const ACCOUNTS_WRITE: Scope = Scope::new("accounts", Right::Write);
@@ -189,7 +191,12 @@ impl Identity {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        self.store.insert_account(&account).await?;
+        let event = OutboxEvent::new(
+            "account.created",
+            &account.id,
+            json!({ "account_id": account.id, "parent_account_id": account.parent_id }),
+        );
+        self.store.insert_account(&account, &[event]).await?;
         self.audit(
             AuditAction::AccountCreated,
             Outcome::Success,
@@ -253,7 +260,22 @@ impl Identity {
         }
         let updated = self
             .store
-            .update_account(&account.id, name_change, status_change, now_ms())
+            .update_account(
+                &account.id,
+                name_change,
+                status_change,
+                now_ms(),
+                &status_change
+                    .map(|s| {
+                        let kind = match s {
+                            AccountStatus::Suspended => "account.suspended",
+                            AccountStatus::Active => "account.reactivated",
+                        };
+                        OutboxEvent::new(kind, &account.id, json!({ "account_id": account.id }))
+                    })
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            )
             .await?
             .ok_or(IdentityError::NotFound)?;
         self.invalidate();
@@ -318,7 +340,12 @@ impl Identity {
             req.expires_at_ms,
             now_ms(),
         )?;
-        self.store.insert_key(&key).await?;
+        let event = OutboxEvent::new(
+            "key.created",
+            &key.account_id,
+            json!({ "key_id": key.id, "scopes": key.scopes.to_strings() }),
+        );
+        self.store.insert_key(&key, &[event]).await?;
         self.audit(
             AuditAction::KeyCreated,
             Outcome::Success,
@@ -384,7 +411,15 @@ impl Identity {
         }
         let key = self
             .store
-            .revoke_key(&key.id, now_ms())
+            .revoke_key(
+                &key.id,
+                now_ms(),
+                &[OutboxEvent::new(
+                    "key.revoked",
+                    &key.account_id,
+                    json!({ "key_id": key.id }),
+                )],
+            )
             .await?
             .ok_or(IdentityError::NotFound)?;
         self.invalidate();
@@ -426,7 +461,17 @@ impl Identity {
         let previous = (grace_seconds > 0).then(|| (key.secret_hash.as_slice(), now + grace_ms));
         let key = self
             .store
-            .rotate_key(&key.id, &self.hasher.hash(&secret), previous, now)
+            .rotate_key(
+                &key.id,
+                &self.hasher.hash(&secret),
+                previous,
+                now,
+                &[OutboxEvent::new(
+                    "key.rotated",
+                    &key.account_id,
+                    json!({ "key_id": key.id, "previous_secret_expires_at": previous.map(|p| haven_platform::clock::to_rfc3339(p.1)) }),
+                )],
+            )
             .await?
             .ok_or(IdentityError::Conflict("only an active key can be rotated"))?;
         self.invalidate();

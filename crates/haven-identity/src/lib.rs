@@ -14,7 +14,8 @@ pub use error::{IdentityError, IdentityResult};
 pub use model::*;
 pub use tokens::{AccessClaims, IssuedToken, TokenSettings};
 
-use haven_crypto::keys::{MasterKey, SecretHasher};
+use haven_crypto::keys::SecretHasher;
+use haven_crypto::ring::KeyProvider;
 use haven_platform::audit::{Actor, AuditAction, AuditEvent, AuditSink, Outcome};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -126,14 +127,14 @@ impl Identity {
     pub async fn open(
         store: Arc<dyn IdentityStore>,
         audit: Arc<dyn AuditSink>,
-        master: Arc<MasterKey>,
+        master: Arc<dyn KeyProvider>,
         settings: AuthSettings,
         token_settings: TokenSettings,
     ) -> IdentityResult<Self> {
         let context = format!("haven:system:{PEPPER_NAME}");
         if store.get_system_secret(PEPPER_NAME).await?.is_none() {
             let pepper = haven_crypto::random_bytes::<32>()?;
-            let sealed = master.seal(&context, &pepper)?;
+            let sealed = master.wrap(&context, &pepper)?;
             store
                 .put_system_secret(PEPPER_NAME, &sealed, haven_platform::clock::now_ms())
                 .await?;
@@ -145,7 +146,7 @@ impl Identity {
             .ok_or(IdentityError::Conflict(
                 "the API key pepper vanished while starting",
             ))?;
-        let pepper = master.open(&context, &sealed)?;
+        let pepper = master.unwrap(&context, &sealed)?;
         let tokens = tokens::TokenService::open(Arc::clone(&store), master, token_settings).await?;
         Ok(Self {
             cache: cache::TtlCache::new(settings.cache_ttl_ms),

@@ -2,6 +2,7 @@
 //! domain never sees SQL.
 
 use crate::model::{Account, AccountStatus, ApiKey, SigningKeyRecord};
+use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
 use haven_platform::store::StoreResult;
 
@@ -12,7 +13,9 @@ pub trait IdentityStore: Send + Sync {
     async fn bootstrap(&self, root: &Account, key: &ApiKey) -> StoreResult<bool>;
     async fn root_account(&self) -> StoreResult<Option<Account>>;
 
-    async fn insert_account(&self, account: &Account) -> StoreResult<()>;
+    /// Every change that reports events writes them to the webhook outbox in the same
+    /// transaction: committed together or not at all.
+    async fn insert_account(&self, account: &Account, events: &[OutboxEvent]) -> StoreResult<()>;
     async fn get_account(&self, id: &str) -> StoreResult<Option<Account>>;
     /// The account `viewer` and its direct subaccounts, by id.
     async fn list_accounts(&self, viewer: &str, page: &PageRequest) -> StoreResult<Vec<Account>>;
@@ -24,9 +27,10 @@ pub trait IdentityStore: Send + Sync {
         name: Option<&str>,
         status: Option<AccountStatus>,
         now_ms: i64,
+        events: &[OutboxEvent],
     ) -> StoreResult<Option<Account>>;
 
-    async fn insert_key(&self, key: &ApiKey) -> StoreResult<()>;
+    async fn insert_key(&self, key: &ApiKey, events: &[OutboxEvent]) -> StoreResult<()>;
     async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
     async fn list_keys(&self, account_id: &str, page: &PageRequest) -> StoreResult<Vec<ApiKey>>;
     /// Replaces the secret hash unless the key is revoked. Returns the key after the change.
@@ -36,9 +40,15 @@ pub trait IdentityStore: Send + Sync {
         new_hash: &[u8],
         previous: Option<(&[u8], i64)>,
         now_ms: i64,
+        events: &[OutboxEvent],
     ) -> StoreResult<Option<ApiKey>>;
     /// Marks the key revoked (idempotent). Returns the key after the change.
-    async fn revoke_key(&self, id: &str, now_ms: i64) -> StoreResult<Option<ApiKey>>;
+    async fn revoke_key(
+        &self,
+        id: &str,
+        now_ms: i64,
+        events: &[OutboxEvent],
+    ) -> StoreResult<Option<ApiKey>>;
     async fn touch_key(&self, id: &str, at_ms: i64) -> StoreResult<()>;
 
     /// Counts a failed authentication of `subject` (`key:…` or `addr:…`) in a fixed window and

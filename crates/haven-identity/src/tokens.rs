@@ -8,7 +8,7 @@ use crate::model::{SIGNING_KEY_PREFIX, SigningKeyRecord, TOKEN_PREFIX};
 use crate::store::IdentityStore;
 use crate::{IdentityError, IdentityResult, ScopeSet};
 use haven_crypto::jwt::{self, SigningKey};
-use haven_crypto::keys::MasterKey;
+use haven_crypto::ring::KeyProvider;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -79,7 +79,7 @@ impl KeySet {
 
 pub struct TokenService {
     store: Arc<dyn IdentityStore>,
-    master: Arc<MasterKey>,
+    master: Arc<dyn KeyProvider>,
     settings: TokenSettings,
     set: RwLock<Arc<KeySet>>,
     last_forced_refresh_ms: Mutex<i64>,
@@ -88,7 +88,7 @@ pub struct TokenService {
 impl TokenService {
     pub(crate) async fn open(
         store: Arc<dyn IdentityStore>,
-        master: Arc<MasterKey>,
+        master: Arc<dyn KeyProvider>,
         settings: TokenSettings,
     ) -> IdentityResult<Self> {
         let svc = Self {
@@ -128,7 +128,7 @@ impl TokenService {
         });
         let mut keys = Vec::with_capacity(records.len());
         for r in records {
-            let pkcs8 = self.master.open(
+            let pkcs8 = self.master.unwrap(
                 &format!("haven:signing-key:{}", r.kid),
                 &r.sealed_private_key,
             )?;
@@ -168,7 +168,7 @@ impl TokenService {
         let (signer, pkcs8) = SigningKey::generate(kid.clone())?;
         let sealed = self
             .master
-            .seal(&format!("haven:signing-key:{kid}"), &pkcs8)?;
+            .wrap(&format!("haven:signing-key:{kid}"), &pkcs8)?;
         self.store
             .insert_signing_key(&SigningKeyRecord {
                 kid: kid.clone(),

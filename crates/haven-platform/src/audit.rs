@@ -24,6 +24,17 @@ pub enum AuditAction {
     KeyRevoked,
     SigningKeyRotated,
     AdminCommand,
+    ContactCreated,
+    ContactRead,
+    ContactUpdated,
+    ContactErased,
+    WebhookEndpointCreated,
+    WebhookEndpointUpdated,
+    WebhookEndpointDeleted,
+    WebhookSecretRotated,
+    WebhookEventReplayed,
+    MasterKeyRotated,
+    DataKeyRotated,
 }
 
 impl AuditAction {
@@ -44,6 +55,17 @@ impl AuditAction {
             Self::KeyRevoked => "key.revoked",
             Self::SigningKeyRotated => "signing_key.rotated",
             Self::AdminCommand => "admin.command",
+            Self::ContactCreated => "contact.created",
+            Self::ContactRead => "contact.read",
+            Self::ContactUpdated => "contact.updated",
+            Self::ContactErased => "contact.erased",
+            Self::WebhookEndpointCreated => "webhook_endpoint.created",
+            Self::WebhookEndpointUpdated => "webhook_endpoint.updated",
+            Self::WebhookEndpointDeleted => "webhook_endpoint.deleted",
+            Self::WebhookSecretRotated => "webhook_endpoint.secret_rotated",
+            Self::WebhookEventReplayed => "webhook_event.replayed",
+            Self::MasterKeyRotated => "master_key.rotated",
+            Self::DataKeyRotated => "data_key.rotated",
         }
     }
 }

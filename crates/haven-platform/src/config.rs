@@ -27,6 +27,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub master_key: MasterKeyConfig,
     pub audit: AuditConfig,
+    pub encryption: EncryptionConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for Config {
@@ -41,6 +43,57 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             master_key: MasterKeyConfig::default(),
             audit: AuditConfig::default(),
+            encryption: EncryptionConfig::default(),
+            webhooks: WebhooksConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// Each account's data key is replaced after this many days; older keys stay, for
+    /// decryption only.
+    pub data_key_rotation_days: u64,
+    /// How often a running server re-reads its master key file (to follow
+    /// `haven keys rotate-master`).
+    pub master_key_refresh_seconds: u64,
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            data_key_rotation_days: 90,
+            master_key_refresh_seconds: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Private, loopback or link-local targets that endpoints may nevertheless use (CIDR list,
+    /// or a comma-separated string in `HAVEN_WEBHOOKS__ALLOW_TARGETS`). Plain HTTP is accepted
+    /// only to these. For development and tests; leave empty in production.
+    #[serde(deserialize_with = "string_list")]
+    pub allow_targets: Vec<String>,
+    /// Delays between delivery attempts, in seconds; after the last one fails the delivery is
+    /// dead-lettered. Each delay gets up to +20% jitter. The default spans about 37.6 hours (9 attempts).
+    #[serde(deserialize_with = "u64_list")]
+    pub retry_schedule_seconds: Vec<u64>,
+    /// Time limit of one delivery attempt (connect, TLS, request and response).
+    pub timeout_seconds: u64,
+    /// Deliveries in flight at once, per node.
+    pub concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_targets: Vec::new(),
+            retry_schedule_seconds: vec![5, 300, 1800, 7200, 18_000, 36_000, 36_000, 36_000],
+            timeout_seconds: 15,
+            concurrency: 32,
         }
     }
 }
@@ -283,6 +336,9 @@ const SECTIONS: &[&str] = &[
     "log",
     "metrics",
     "master_key",
+    "audit",
+    "encryption",
+    "webhooks",
 ];
 
 /// Options that hold secrets: `HAVEN_<PATH>_FILE` reads them from a file.
@@ -460,6 +516,50 @@ impl Config {
                 "must be between 1 and 36500",
             ));
         }
+        if !(1..=3650).contains(&self.encryption.data_key_rotation_days) {
+            p.push(problem(
+                "encryption.data_key_rotation_days",
+                "must be between 1 and 3650",
+            ));
+        }
+        if !(1..=3600).contains(&self.encryption.master_key_refresh_seconds) {
+            p.push(problem(
+                "encryption.master_key_refresh_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        for (i, cidr) in self.webhooks.allow_targets.iter().enumerate() {
+            if cidr.parse::<IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                p.push(problem(
+                    &format!("webhooks.allow_targets[{i}]"),
+                    format!("{cidr:?} is not a CIDR or address"),
+                ));
+            }
+        }
+        let w = &self.webhooks;
+        if w.retry_schedule_seconds.is_empty()
+            || w.retry_schedule_seconds.len() > 20
+            || w.retry_schedule_seconds
+                .iter()
+                .any(|d| *d == 0 || *d > 7 * 86_400)
+        {
+            p.push(problem(
+                "webhooks.retry_schedule_seconds",
+                "must list 1 to 20 delays, each 1 s to 7 days",
+            ));
+        }
+        if !(1..=120).contains(&w.timeout_seconds) {
+            p.push(problem(
+                "webhooks.timeout_seconds",
+                "must be between 1 and 120",
+            ));
+        }
+        if !(1..=1024).contains(&w.concurrency) {
+            p.push(problem(
+                "webhooks.concurrency",
+                "must be between 1 and 1024",
+            ));
+        }
         if self.log.level.trim().is_empty() {
             p.push(problem("log.level", "must not be empty"));
         }
@@ -618,6 +718,8 @@ fn check_shape(root: &toml::Table, problems: &mut Vec<ConfigProblem>) {
             "metrics" => check_section::<MetricsConfig>(key, value, problems, &[]),
             "master_key" => check_section::<MasterKeyConfig>(key, value, problems, &[]),
             "audit" => check_section::<AuditConfig>(key, value, problems, &[]),
+            "encryption" => check_section::<EncryptionConfig>(key, value, problems, &[]),
+            "webhooks" => check_section::<WebhooksConfig>(key, value, problems, &[]),
             "data_dir" => {
                 if let Err(e) = toml::Value::Table(one).try_into::<Config>() {
                     problems.push(problem(key, clean(&e.to_string())));
@@ -689,6 +791,31 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()),
+    }
+}
+
+fn u64_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<u64>),
+        One(u64),
+        Joined(String),
+    }
+    match Form::deserialize(d).map_err(|_| {
+        de::Error::custom("expected a list of whole numbers or a comma-separated string")
+    })? {
+        Form::List(v) => Ok(v),
+        Form::One(n) => Ok(vec![n]),
+        Form::Joined(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| de::Error::custom(format!("{s:?} is not a whole number")))
+            })
+            .collect(),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod id;
 pub mod page;
 pub mod secret;

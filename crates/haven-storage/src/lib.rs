@@ -5,12 +5,15 @@
 mod audit;
 mod rows;
 mod sql;
+mod vault;
+mod webhooks;
 
 pub use audit::BufferedAudit;
 
 use haven_identity::model::{Account, AccountStatus, ApiKey, SigningKeyRecord};
 use haven_identity::store::IdentityStore;
 use haven_platform::config::SqliteSynchronous;
+use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
 use haven_platform::store::{
     HealthCheck, IdempotencyBegin, IdempotencyClaim, IdempotencyStore, StoreError, StoreResult,
@@ -112,6 +115,27 @@ impl Store {
         }
     }
 
+    pub fn vault(&self) -> Arc<dyn haven_vault::VaultStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn contacts(&self) -> Arc<dyn haven_contacts::ContactStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn webhooks(&self) -> Arc<dyn haven_webhooks::WebhookStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
     pub fn audit(&self) -> Arc<dyn haven_audit::AuditStore> {
         match self {
             Store::Sqlite(s) => Arc::new(s.clone()),
@@ -150,7 +174,9 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // Deleted content (a destroyed subject key) is overwritten, not left in free pages.
+            .pragma("secure_delete", "ON");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(base.clone().create_if_missing(true))
@@ -205,7 +231,28 @@ fn json_list(items: impl IntoIterator<Item = String>) -> String {
 
 /// The same method bodies for both backends; only the pools differ.
 macro_rules! impl_stores {
-    ($store:ty) => {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// Writes outbox events inside the caller's transaction.
+            pub(crate) async fn push_events(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                events: &[OutboxEvent],
+            ) -> StoreResult<()> {
+                for e in events {
+                    sqlx::query(sql::INSERT_EVENT)
+                        .bind(&e.id)
+                        .bind(&e.account_id)
+                        .bind(e.event_type)
+                        .bind(&e.payload)
+                        .bind(e.created_at_ms)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                Ok(())
+            }
+        }
+
         #[async_trait::async_trait]
         impl IdentityStore for $store {
             async fn bootstrap(&self, root: &Account, key: &ApiKey) -> StoreResult<bool> {
@@ -240,7 +287,8 @@ macro_rules! impl_stores {
                 row.map(|r| rows::account(&r)).transpose()
             }
 
-            async fn insert_account(&self, a: &Account) -> StoreResult<()> {
+            async fn insert_account(&self, a: &Account, events: &[OutboxEvent]) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
                 sqlx::query(sql::INSERT_ACCOUNT)
                     .bind(&a.id)
                     .bind(a.parent_id.as_deref())
@@ -248,9 +296,11 @@ macro_rules! impl_stores {
                     .bind(a.status.as_str())
                     .bind(a.created_at_ms)
                     .bind(a.updated_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
+                Self::push_events(&mut tx, events).await?;
+                tx.commit().await.map_err(backend)?;
                 Ok(())
             }
 
@@ -294,23 +344,33 @@ macro_rules! impl_stores {
                 name: Option<&str>,
                 status: Option<AccountStatus>,
                 now_ms: i64,
+                events: &[OutboxEvent],
             ) -> StoreResult<Option<Account>> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
                 let row = sqlx::query(sql::UPDATE_ACCOUNT)
                     .bind(name)
                     .bind(status.map(AccountStatus::as_str))
                     .bind(now_ms)
                     .bind(id)
-                    .fetch_optional(self.w())
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(backend)?;
-                row.map(|r| rows::account(&r)).transpose()
+                let account = row.map(|r| rows::account(&r)).transpose()?;
+                if account.is_some() {
+                    Self::push_events(&mut tx, events).await?;
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(account)
             }
 
-            async fn insert_key(&self, key: &ApiKey) -> StoreResult<()> {
+            async fn insert_key(&self, key: &ApiKey, events: &[OutboxEvent]) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
                 rows::bind_key(sqlx::query(sql::INSERT_KEY), key)
-                    .execute(self.w())
+                    .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
+                Self::push_events(&mut tx, events).await?;
+                tx.commit().await.map_err(backend)?;
                 Ok(())
             }
 
@@ -344,27 +404,45 @@ macro_rules! impl_stores {
                 new_hash: &[u8],
                 previous: Option<(&[u8], i64)>,
                 now_ms: i64,
+                events: &[OutboxEvent],
             ) -> StoreResult<Option<ApiKey>> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
                 let row = sqlx::query(sql::ROTATE_KEY)
                     .bind(new_hash)
                     .bind(previous.map(|p| p.0))
                     .bind(previous.map(|p| p.1))
                     .bind(now_ms)
                     .bind(id)
-                    .fetch_optional(self.w())
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(backend)?;
-                row.map(|r| rows::key(&r)).transpose()
+                let key = row.map(|r| rows::key(&r)).transpose()?;
+                if key.is_some() {
+                    Self::push_events(&mut tx, events).await?;
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(key)
             }
 
-            async fn revoke_key(&self, id: &str, now_ms: i64) -> StoreResult<Option<ApiKey>> {
+            async fn revoke_key(
+                &self,
+                id: &str,
+                now_ms: i64,
+                events: &[OutboxEvent],
+            ) -> StoreResult<Option<ApiKey>> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
                 let row = sqlx::query(sql::REVOKE_KEY)
                     .bind(now_ms)
                     .bind(id)
-                    .fetch_optional(self.w())
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(backend)?;
-                row.map(|r| rows::key(&r)).transpose()
+                let key = row.map(|r| rows::key(&r)).transpose()?;
+                if key.is_some() {
+                    Self::push_events(&mut tx, events).await?;
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(key)
             }
 
             async fn touch_key(&self, id: &str, at_ms: i64) -> StoreResult<()> {
@@ -620,5 +698,5 @@ macro_rules! impl_stores {
     };
 }
 
-impl_stores!(SqliteStore);
-impl_stores!(PgStore);
+impl_stores!(SqliteStore, sqlx::Sqlite);
+impl_stores!(PgStore, sqlx::Postgres);

@@ -111,6 +111,103 @@ pub const AUDIT_HEADS: &str =
     "SELECT tree_size, timestamp_ms, root_hash, signature FROM audit_tree_heads ORDER BY tree_size";
 pub const AUDIT_INSERT_HEAD: &str = "INSERT INTO audit_tree_heads (tree_size, timestamp_ms, root_hash, signature) VALUES ($1, $2, $3, $4)";
 
+// Encryption at rest.
+#[cfg(test)]
+const ACCOUNT_KEY_COLS_: &str = "id, account_id, purpose, wrapped, created_at_ms, retired_at_ms";
+pub const ACTIVE_ACCOUNT_KEY: &str = "SELECT id, account_id, purpose, wrapped, created_at_ms, retired_at_ms FROM account_keys \
+     WHERE account_id = $1 AND purpose = $2 AND retired_at_ms IS NULL";
+pub const GET_ACCOUNT_KEY: &str = "SELECT id, account_id, purpose, wrapped, created_at_ms, retired_at_ms FROM account_keys WHERE id = $1";
+pub const RETIRE_ACCOUNT_KEY: &str =
+    "UPDATE account_keys SET retired_at_ms = $1 WHERE id = $2 AND retired_at_ms IS NULL";
+pub const INSERT_ACCOUNT_KEY: &str = "INSERT INTO account_keys (id, account_id, purpose, wrapped, created_at_ms, retired_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT DO NOTHING";
+pub const DATA_KEYS_DUE: &str = "SELECT id, account_id, purpose, wrapped, created_at_ms, retired_at_ms FROM account_keys \
+     WHERE purpose = 'data' AND retired_at_ms IS NULL AND created_at_ms < $1 ORDER BY created_at_ms LIMIT $2";
+pub const INSERT_SUBJECT_KEY: &str = "INSERT INTO subject_keys (subject_id, account_id, key_id, data_key_id, wrapped, created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+pub const GET_SUBJECT_KEY: &str = "SELECT subject_id, account_id, key_id, data_key_id, wrapped, created_at_ms FROM subject_keys \
+     WHERE subject_id = $1";
+pub const DELETE_SUBJECT_KEY: &str = "DELETE FROM subject_keys WHERE subject_id = $1";
+pub const WRAPPED_SYSTEM: &str = "SELECT name, sealed FROM system_secrets ORDER BY name";
+pub const WRAPPED_SIGNING: &str = "SELECT kid, sealed_private_key FROM signing_keys ORDER BY kid";
+pub const WRAPPED_ACCOUNT: &str = "SELECT id, wrapped FROM account_keys ORDER BY id";
+pub const REWRAP_SYSTEM: &str =
+    "UPDATE system_secrets SET sealed = $1 WHERE name = $2 AND sealed = $3";
+pub const REWRAP_SIGNING: &str =
+    "UPDATE signing_keys SET sealed_private_key = $1 WHERE kid = $2 AND sealed_private_key = $3";
+pub const REWRAP_ACCOUNT: &str =
+    "UPDATE account_keys SET wrapped = $1 WHERE id = $2 AND wrapped = $3";
+
+#[cfg(test)]
+const CONTACT_COLS_: &str = "id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, name_ct, phone_ct, \
+     email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms";
+pub const INSERT_CONTACT: &str = "INSERT INTO contacts (id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
+     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)";
+pub const GET_CONTACT: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, name_ct, phone_ct, \
+     email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts WHERE id = $1";
+pub const LIST_CONTACTS: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, name_ct, phone_ct, \
+     email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
+     WHERE account_id = $1 AND id > $2 AND ($3 IS NULL OR reference_bidx = $3) AND ($4 IS NULL OR phone_bidx = $4) \
+     AND ($5 IS NULL OR email_bidx = $5) ORDER BY id LIMIT $6";
+pub const UPDATE_CONTACT: &str = "UPDATE contacts SET reference_bidx = $1, phone_bidx = $2, email_bidx = $3, reference_ct = $4, \
+     name_ct = $5, phone_ct = $6, email_ct = $7, attributes_ct = $8, updated_at_ms = $9 WHERE id = $10 AND erased_at_ms IS NULL";
+pub const ERASE_CONTACT: &str = "UPDATE contacts SET reference_bidx = NULL, phone_bidx = NULL, email_bidx = NULL, \
+     reference_ct = NULL, name_ct = NULL, phone_ct = NULL, email_ct = NULL, attributes_ct = NULL, erased_at_ms = $1, \
+     updated_at_ms = $1 WHERE id = $2 AND erased_at_ms IS NULL";
+
+pub const INSERT_EVENT: &str = "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, fanned_out) \
+     VALUES ($1, $2, $3, $4, $5, 0)";
+
+pub const INSERT_ENDPOINT: &str = "INSERT INTO webhook_endpoints (id, account_id, url_ct, event_types, status, secret_ct, \
+     previous_secret_ct, previous_secret_expires_at_ms, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub const GET_ENDPOINT: &str = "SELECT id, account_id, url_ct, event_types, status, secret_ct, previous_secret_ct, \
+     previous_secret_expires_at_ms, created_at_ms, updated_at_ms FROM webhook_endpoints WHERE id = $1";
+pub const LIST_ENDPOINTS: &str = "SELECT id, account_id, url_ct, event_types, status, secret_ct, previous_secret_ct, \
+     previous_secret_expires_at_ms, created_at_ms, updated_at_ms FROM webhook_endpoints WHERE account_id = $1 AND id > $2 \
+     ORDER BY id LIMIT $3";
+pub const UPDATE_ENDPOINT: &str = "UPDATE webhook_endpoints SET url_ct = $1, event_types = $2, status = $3, secret_ct = $4, \
+     previous_secret_ct = $5, previous_secret_expires_at_ms = $6, updated_at_ms = $7 WHERE id = $8";
+pub const DELETE_ENDPOINT: &str = "DELETE FROM webhook_endpoints WHERE id = $1";
+pub const KILL_ENDPOINT_DELIVERIES: &str = "UPDATE webhook_deliveries SET status = 'dead', last_error = 'the endpoint was deleted', \
+     completed_at_ms = $1 WHERE endpoint_id = $2 AND status = 'pending'";
+pub const PARENT_OF: &str = "SELECT parent_id FROM accounts WHERE id = $1";
+pub const UNFANNED_EVENTS: &str = "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events \
+     WHERE fanned_out = 0 ORDER BY created_at_ms, id LIMIT $1";
+pub const ENDPOINTS_FOR: &str = "SELECT id, account_id, event_types FROM webhook_endpoints WHERE status = 'enabled' \
+     AND (account_id = $1 OR account_id = (SELECT parent_id FROM accounts WHERE id = $1)) ORDER BY id";
+pub const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, account_id, status, attempts, \
+     next_attempt_at_ms, lease_until_ms, created_at_ms) VALUES ($1, $2, $3, $4, 'pending', 0, $5, 0, $6)";
+pub const MARK_FANNED: &str = "UPDATE webhook_events SET fanned_out = 1 WHERE id = $1";
+#[cfg(test)]
+const DELIVERY_COLS_: &str = "id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, last_status_code, \
+     last_error, created_at_ms, completed_at_ms";
+/// SQLite has one writer, so a plain UPDATE … RETURNING is already exclusive.
+pub const CLAIM_DUE_SQLITE: &str = "UPDATE webhook_deliveries SET lease_until_ms = $1 WHERE id IN (SELECT id FROM webhook_deliveries \
+     WHERE status = 'pending' AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT $3) \
+     RETURNING id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, last_status_code, \
+     last_error, created_at_ms, completed_at_ms";
+/// Several nodes claim at once: each skips rows another holds.
+pub const CLAIM_DUE_PG: &str = "UPDATE webhook_deliveries SET lease_until_ms = $1 WHERE id IN (SELECT id FROM webhook_deliveries \
+     WHERE status = 'pending' AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT $3 \
+     FOR UPDATE SKIP LOCKED) RETURNING id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
+     last_status_code, last_error, created_at_ms, completed_at_ms";
+pub const GET_EVENT: &str =
+    "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events WHERE id = $1";
+pub const INSERT_ATTEMPT: &str = "INSERT INTO webhook_attempts (delivery_id, attempt, event_id, endpoint_id, at_ms, status_code, \
+     error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (delivery_id, attempt) DO NOTHING";
+pub const FINISH_DELIVERY: &str = "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at_ms = $3, lease_until_ms = 0, \
+     last_status_code = $4, last_error = $5, completed_at_ms = $6 WHERE id = $7";
+pub const LIST_EVENTS: &str = "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events \
+     WHERE (account_id = $1 OR account_id IN (SELECT id FROM accounts WHERE parent_id = $1)) AND id > $2 ORDER BY id LIMIT $3";
+pub const DELIVERIES_OF_EVENT: &str = "SELECT id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
+     last_status_code, last_error, created_at_ms, completed_at_ms FROM webhook_deliveries WHERE event_id = $1 ORDER BY id";
+pub const LIST_DELIVERIES: &str = "SELECT id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
+     last_status_code, last_error, created_at_ms, completed_at_ms FROM webhook_deliveries \
+     WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4";
+pub const ATTEMPTS_OF_EVENT: &str = "SELECT delivery_id, attempt, event_id, endpoint_id, at_ms, status_code, error, duration_ms \
+     FROM webhook_attempts WHERE event_id = $1 ORDER BY at_ms, delivery_id, attempt";
+
 pub const PING: &str = "SELECT 1";
 
 #[cfg(test)]
@@ -145,6 +242,43 @@ pub const ALL: &[&str] = &[
     IDEM_DELETE_EXPIRED,
     IDEM_COMPLETE,
     IDEM_ABANDON,
+    ACTIVE_ACCOUNT_KEY,
+    GET_ACCOUNT_KEY,
+    RETIRE_ACCOUNT_KEY,
+    INSERT_ACCOUNT_KEY,
+    DATA_KEYS_DUE,
+    INSERT_SUBJECT_KEY,
+    GET_SUBJECT_KEY,
+    DELETE_SUBJECT_KEY,
+    REWRAP_SYSTEM,
+    REWRAP_SIGNING,
+    REWRAP_ACCOUNT,
+    INSERT_CONTACT,
+    GET_CONTACT,
+    LIST_CONTACTS,
+    UPDATE_CONTACT,
+    ERASE_CONTACT,
+    INSERT_EVENT,
+    INSERT_ENDPOINT,
+    GET_ENDPOINT,
+    LIST_ENDPOINTS,
+    UPDATE_ENDPOINT,
+    DELETE_ENDPOINT,
+    KILL_ENDPOINT_DELIVERIES,
+    PARENT_OF,
+    UNFANNED_EVENTS,
+    ENDPOINTS_FOR,
+    INSERT_DELIVERY,
+    MARK_FANNED,
+    CLAIM_DUE_SQLITE,
+    CLAIM_DUE_PG,
+    GET_EVENT,
+    INSERT_ATTEMPT,
+    FINISH_DELIVERY,
+    LIST_EVENTS,
+    DELIVERIES_OF_EVENT,
+    LIST_DELIVERIES,
+    ATTEMPTS_OF_EVENT,
 ];
 
 #[cfg(test)]
@@ -180,6 +314,24 @@ mod tests {
             assert!(sql.contains(super::KEY_COLS));
         }
         assert!(super::GET_ACCOUNT.contains(super::ACCOUNT_COLS));
+        for sql in [
+            super::ACTIVE_ACCOUNT_KEY,
+            super::GET_ACCOUNT_KEY,
+            super::DATA_KEYS_DUE,
+        ] {
+            assert!(sql.contains(super::ACCOUNT_KEY_COLS_));
+        }
+        for sql in [
+            super::CLAIM_DUE_SQLITE,
+            super::CLAIM_DUE_PG,
+            super::DELIVERIES_OF_EVENT,
+            super::LIST_DELIVERIES,
+        ] {
+            assert!(sql.contains(super::DELIVERY_COLS_));
+        }
+        for sql in [super::GET_CONTACT, super::LIST_CONTACTS] {
+            assert!(sql.contains(super::CONTACT_COLS_));
+        }
         for sql in [super::AUDIT_SELECT, super::AUDIT_EVENT, super::AUDIT_SCAN] {
             assert!(sql.contains(super::AUDIT_COLS));
         }

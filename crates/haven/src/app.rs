@@ -1,7 +1,8 @@
 //! Wiring: from configuration to opened services, first-start set-up, operator commands.
 
 use clap::Subcommand;
-use haven_crypto::keys::{MasterKey, write_private_file};
+use haven_crypto::keys::write_private_file;
+use haven_crypto::ring::{KeyProvider, MasterKeys};
 use haven_identity::{DisplayName, Identity, NewKey, Principal, RequestMeta};
 use haven_platform::config::Config;
 use haven_platform::page::PageRequest;
@@ -15,6 +16,10 @@ pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 /// What `prepare` opened.
 pub struct Opened {
     pub store: Store,
+    pub master: Arc<MasterKeys>,
+    pub vault: Arc<haven_vault::Vault>,
+    pub contacts: Arc<haven_contacts::Contacts>,
+    pub webhooks: Arc<haven_webhooks::Webhooks>,
     pub identity: Arc<Identity>,
     pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
@@ -32,22 +37,23 @@ pub fn cert_paths(config: &Config) -> (PathBuf, PathBuf) {
     }
 }
 
-fn load_master_key(config: &Config) -> Result<MasterKey, AnyError> {
+/// The master key ring: `HAVEN_MASTER_KEY` (fixed for the process), a configured file, or
+/// `DATA_DIR/master.key` (created on first start). Files are re-read when they change.
+fn load_master_key(config: &Config) -> Result<MasterKeys, AnyError> {
     if let Some(v) = &config.master_key.value {
-        return Ok(MasterKey::from_base64(v.expose())?);
+        return Ok(MasterKeys::from_text(v.expose())?);
     }
     if let Some(f) = &config.master_key.file {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read the master key file {}: {e}", f.display()))?;
-        return Ok(MasterKey::from_base64(&text)?);
+        return MasterKeys::from_file(f)
+            .map_err(|e| format!("cannot read the master key file {}: {e}", f.display()).into());
     }
     let path = config.data_dir.join("master.key");
-    let (key, created) = MasterKey::load_or_create(&path)
+    let (ring, created) = MasterKeys::load_or_create(&path)
         .map_err(|e| format!("master key {}: {e}", path.display()))?;
     if created {
-        tracing::info!(path = %path.display(), key_id = key.id(), "created a new master key; back it up: without it the data cannot be read");
+        tracing::info!(path = %path.display(), key_id = %ring.active_id(), "created a new master key; back it up: without it the data cannot be read");
     }
-    Ok(key)
+    Ok(ring)
 }
 
 fn ensure_data_dir(dir: &Path) -> Result<(), AnyError> {
@@ -93,7 +99,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         .map_err(|e| format!("database: {e}"))?;
     let (audit, audit_task) = BufferedAudit::start(store.audit());
     let audit_log = Arc::new(
-        haven_audit::AuditLog::open(store.audit(), &master)
+        haven_audit::AuditLog::open(store.audit(), master.as_ref())
             .await
             .map_err(|e| match e {
                 haven_audit::AuditError::Crypto(haven_crypto::CryptoError::Unseal) => {
@@ -112,7 +118,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
     let identity = Identity::open(
         store.identity(),
         Arc::new(audit.clone()),
-        Arc::clone(&master),
+        Arc::clone(&master) as Arc<dyn KeyProvider>,
         (&config.auth).into(),
         token_settings,
     )
@@ -124,6 +130,21 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         other => format!("opening identity: {other}"),
     })?;
     let identity = Arc::new(identity);
+    let vault = Arc::new(haven_vault::Vault::new(
+        store.vault(),
+        Arc::clone(&master) as Arc<dyn KeyProvider>,
+        haven_vault::VaultSettings {
+            data_key_max_age_ms: i64::try_from(config.encryption.data_key_rotation_days)
+                .unwrap_or(3650)
+                * 86_400_000,
+            ..Default::default()
+        },
+    ));
+    let contacts = Arc::new(haven_contacts::Contacts::new(
+        store.contacts(),
+        Arc::clone(&vault),
+        Arc::new(audit.clone()),
+    ));
     if let Some((account, issued)) = identity.bootstrap("root").await? {
         let path = config.data_dir.join("bootstrap-admin.json");
         let doc = serde_json::json!({ "account_id": account.id, "key_id": issued.key.id, "secret": issued.secret });
@@ -143,8 +164,37 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
             path.display()
         );
     }
+    let w = &config.webhooks;
+    let webhooks = Arc::new(
+        haven_webhooks::Webhooks::new(
+            store.webhooks(),
+            Arc::clone(&vault),
+            Arc::new(audit.clone()),
+            haven_webhooks::WebhookSettings {
+                policy: haven_webhooks::TargetPolicy {
+                    allow: w
+                        .allow_targets
+                        .iter()
+                        .filter_map(|c| haven_identity::parse_cidr(c))
+                        .collect(),
+                },
+                retry_schedule: w
+                    .retry_schedule_seconds
+                    .iter()
+                    .map(|s| std::time::Duration::from_secs(*s))
+                    .collect(),
+                timeout: std::time::Duration::from_secs(w.timeout_seconds),
+                concurrency: w.concurrency,
+            },
+        )
+        .map_err(|e| format!("webhook client: {e}"))?,
+    );
     Ok(Opened {
         store,
+        master,
+        vault,
+        contacts,
+        webhooks,
         identity,
         audit_log,
         audit,
@@ -156,6 +206,9 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
 impl Opened {
     pub async fn close(self) {
         self.audit.flush().await;
+        drop(self.webhooks);
+        drop(self.contacts);
+        drop(self.vault);
         drop(self.identity);
         drop(self.audit_log);
         drop(self.audit);
@@ -247,6 +300,20 @@ pub enum KeysCommand {
     /// Make a new OAuth token signing key now (running servers pick it up within
     /// oauth.keyset_refresh_seconds; the old key stays published until its tokens expire).
     RotateSigning,
+    /// Add a new master key to the ring and re-wrap every key under it, while servers run.
+    /// With a key file, the new key is generated and written there; with HAVEN_MASTER_KEY,
+    /// put the new key first in the ring yourself, then run this to re-wrap.
+    RotateMaster,
+    /// Remove an old master key from the ring file once nothing is wrapped under it.
+    RetireMaster { key_id: String },
+    /// Show which master keys the ring holds and how many keys each wraps.
+    MasterStatus,
+    /// Replace data keys now: one account's, or (without --account) every key past the
+    /// configured age. Old data keys stay, for decryption only.
+    RotateData {
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -404,6 +471,126 @@ async fn run_keys(o: &Opened, cmd: KeysCommand) -> Result<(), AnyError> {
                 .await;
             println!("{kid}");
         }
+        KeysCommand::RotateMaster => rotate_master(o).await?,
+        KeysCommand::RetireMaster { key_id } => {
+            let path = o.master.file().ok_or(
+                "the master key ring comes from HAVEN_MASTER_KEY; remove the key there (after checking `haven keys master-status`)",
+            )?;
+            let usage = o.vault.master_usage().await?;
+            let still = usage
+                .iter()
+                .filter(|(id, n)| (*id == key_id || id == "legacy") && *n > 0)
+                .map(|(_, n)| n)
+                .sum::<usize>();
+            if still > 0 {
+                return Err(format!(
+                    "{still} key(s) are still wrapped by {key_id} (or by a key of unknown id); run `haven keys rotate-master` first"
+                )
+                .into());
+            }
+            haven_crypto::ring::remove_from_file(path, &key_id)?;
+            o.identity
+                .audit_admin_command("keys retire-master", Some(("master_key", &key_id)))
+                .await;
+            println!("Removed {key_id} from {}.", path.display());
+        }
+        KeysCommand::MasterStatus => {
+            let active = o.master.active_id();
+            for (id, n) in o.vault.master_usage().await? {
+                let role = if id == active {
+                    "active"
+                } else {
+                    "decrypt-only"
+                };
+                print_json(&serde_json::json!({ "id": id, "role": role, "wraps": n }));
+            }
+        }
+        KeysCommand::RotateData { account } => {
+            let n = match &account {
+                Some(a) => {
+                    o.identity.get_account(&op, a).await?;
+                    usize::from(o.vault.rotate_account(a).await?.is_some())
+                }
+                None => o.vault.rotate_due().await?,
+            };
+            o.identity
+                .audit_admin_command(
+                    "keys rotate-data",
+                    account.as_deref().map(|a| ("account", a)),
+                )
+                .await;
+            println!("{n} data key(s) replaced.");
+        }
+    }
+    Ok(())
+}
+
+/// `haven keys rotate-master`: new key first in the ring, then every wrapped key re-wrapped
+/// under it (compare-and-set, so running servers may keep writing). A second pass catches
+/// keys a server wrapped before it noticed the new ring.
+async fn rotate_master(o: &Opened) -> Result<(), AnyError> {
+    let before = o.master.active_id();
+    let new_id = match o.master.file() {
+        Some(path) => {
+            let id = haven_crypto::ring::rotate_file(path)?;
+            o.master.refresh()?;
+            println!(
+                "Added master key {id} to {} (first: it wraps from now on).",
+                path.display()
+            );
+            id
+        }
+        None => {
+            println!(
+                "The master key ring comes from HAVEN_MASTER_KEY: re-wrapping under its first key, {before}."
+            );
+            before.clone()
+        }
+    };
+    let mut last = std::time::Instant::now();
+    let mut progress = |done: usize, total: usize| {
+        if last.elapsed() >= std::time::Duration::from_millis(500) || done == total {
+            last = std::time::Instant::now();
+            eprint!("\rre-wrapping: {done}/{total}");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let mut report = o.vault.rewrap_master(&mut progress).await?;
+    // Servers follow the ring file within encryption.master_key_refresh_seconds; whatever they
+    // wrapped meanwhile under the old key is caught here.
+    let wait = std::time::Duration::from_secs(1);
+    for _ in 0..3 {
+        let stale: usize = report
+            .usage
+            .iter()
+            .filter(|(id, _)| *id != new_id)
+            .map(|(_, n)| n)
+            .sum();
+        if stale == 0 {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        let again = o.vault.rewrap_master(&mut progress).await?;
+        report.rewrapped += again.rewrapped;
+        report.usage = again.usage;
+    }
+    o.identity
+        .audit_admin_command("keys rotate-master", Some(("master_key", &new_id)))
+        .await;
+    println!(
+        "Re-wrapped {} of {} key(s) under {new_id}.",
+        report.rewrapped, report.total
+    );
+    for (id, n) in &report.usage {
+        println!("  {id}: wraps {n}");
+    }
+    if let Some(path) = o.master.file() {
+        println!(
+            "When every node runs with the new ring and your backups no longer need the old key, remove it: haven keys retire-master {before}  (ring file: {})",
+            path.display()
+        );
     }
     Ok(())
 }

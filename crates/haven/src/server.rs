@@ -95,6 +95,9 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     let openapi_json = haven_http::openapi_document().to_json()?;
     let state = Arc::new(AppState {
         identity: Arc::clone(&opened.identity),
+        vault: Arc::clone(&opened.vault),
+        contacts: Arc::clone(&opened.contacts),
+        webhooks: Arc::clone(&opened.webhooks),
         audit: Arc::clone(&opened.audit_log),
         root_account_id: opened
             .identity
@@ -167,6 +170,42 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
                 }
                 if let Some(m) = &metrics {
                     m.run_upkeep();
+                }
+            }
+        })
+    };
+
+    let webhook_worker = tokio::spawn(Arc::clone(&opened.webhooks).run());
+    if !config.webhooks.allow_targets.is_empty() {
+        tracing::warn!(allow = ?config.webhooks.allow_targets, "webhooks may target these private addresses, over plain HTTP too (webhooks.allow_targets); leave it empty in production");
+    }
+    let key_upkeep = {
+        let master = Arc::clone(&opened.master);
+        let vault = Arc::clone(&opened.vault);
+        let every = Duration::from_secs(config.encryption.master_key_refresh_seconds);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_rotation: Option<std::time::Instant> = None;
+            loop {
+                tick.tick().await;
+                // Follow `haven keys rotate-master` run elsewhere.
+                match haven_crypto::ring::KeyProvider::refresh(master.as_ref()) {
+                    Ok(true) => tracing::info!(
+                        active = %haven_crypto::ring::KeyProvider::active_id(master.as_ref()),
+                        "master key ring changed"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "re-reading the master key ring failed"),
+                }
+                // Scheduled data key rotation, checked every ten minutes.
+                if last_rotation.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
+                    last_rotation = Some(std::time::Instant::now());
+                    match vault.rotate_due().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rotated = n, "account data keys rotated"),
+                        Err(e) => tracing::warn!(error = %e, "data key rotation failed"),
+                    }
                 }
             }
         })
@@ -246,6 +285,8 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         tracing::warn!("some connections did not finish in time");
     }
     maintenance.abort();
+    key_upkeep.abort();
+    webhook_worker.abort();
     drop(app);
     drop(state);
     opened.close().await;

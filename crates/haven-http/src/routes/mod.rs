@@ -1,8 +1,10 @@
 pub mod accounts;
 pub mod audit;
+pub mod contacts;
 pub mod keys;
 pub mod oauth;
 pub mod system;
+pub mod webhooks;
 
 use haven_platform::page::PageRequest;
 use serde::Deserialize;
@@ -30,4 +32,13 @@ impl PageParams {
 
 pub fn rfc3339(ms: Option<i64>) -> Option<String> {
     ms.map(haven_platform::clock::to_rfc3339)
+}
+
+/// For PATCH bodies: absent → `None`, `null` → `Some(None)`, a value → `Some(Some(v))`.
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }

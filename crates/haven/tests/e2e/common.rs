@@ -326,6 +326,14 @@ impl Server {
     }
 
     /// Stops with SIGTERM and returns the exit status.
+    /// SIGKILL: no shutdown, no flush, as in a power cut.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")

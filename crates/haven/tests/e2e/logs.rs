@@ -91,7 +91,46 @@ async fn markers_never_reach_the_log(backend: Backend) {
     )
     .await;
     let _ = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // PHI through the contacts API, and webhook URLs and secrets.
+    const PATIENT: &str = "MARKER-PATIENT-3e1d";
+    const MRN: &str = "MARKER-MRN-8a2f";
+    const DIAGNOSIS: &str = "MARKER-DIAGNOSIS-c7b9";
+    const PHONE: &str = "+14155550142";
+    const HOOK: &str = "MARKER-HOOK-PATH-66ae";
+    let (_, contact) = send(s.admin(Method::POST, "/v1/contacts").json(&json!({
+        "reference": MRN, "name": PATIENT, "phone_number": PHONE,
+        "email": "marker-mail-2d4c@example.org", "attributes": { "dx": DIAGNOSIS }
+    })))
+    .await;
+    let cid = contact["id"].as_str().unwrap_or_default().to_owned();
+    let _ = send(s.admin(Method::GET, &format!("/v1/contacts/{cid}"))).await;
+    let _ = send(
+        s.admin(Method::POST, "/v1/contacts/search")
+            .json(&json!({ "phone_number": PHONE, "reference": MRN })),
+    )
+    .await;
+    let _ = send(
+        s.admin(Method::POST, "/v1/contacts")
+            .json(&json!({ "reference": MRN, "phone_number": "MARKER-BADPHONE-1f0e" })),
+    )
+    .await;
+    let _ = send(s.admin(Method::POST, &format!("/v1/contacts/{cid}/erase"))).await;
+    let (_, hook) = send(
+        s.admin(Method::POST, "/v1/webhooks/endpoints")
+            .json(&json!({
+                "url": format!("https://hooks.invalid/{HOOK}"), "event_types": ["*"]
+            })),
+    )
+    .await;
+    let hook_secret = hook["secret"].as_str().unwrap_or_default().to_owned();
+    let _ = send(
+        s.admin(Method::POST, "/v1/webhooks/endpoints")
+            .json(&json!({
+                "url": format!("https://10.0.0.1/{HOOK}"), "event_types": ["*"]
+            })),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
     let log = s.stderr();
     assert!(
@@ -108,8 +147,25 @@ async fn markers_never_reach_the_log(backend: Backend) {
         ("key secret", secret.clone()),
         ("rotated secret", rotated_secret.clone()),
         ("bootstrap secret", s.admin.secret.clone()),
-        ("master key", master_key.trim().to_owned()),
     ];
+    for line in master_key.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(b64) = line.split_whitespace().last() {
+            markers.push(("master key", b64.to_owned()));
+        }
+    }
+    for (what, m) in [
+        ("patient name", PATIENT),
+        ("patient reference", MRN),
+        ("patient attribute", DIAGNOSIS),
+        ("patient phone", PHONE),
+        ("patient email", "marker-mail-2d4c"),
+        ("invalid phone", "MARKER-BADPHONE-1f0e"),
+        ("webhook URL", HOOK),
+    ] {
+        markers.push((what, m.to_owned()));
+    }
+    markers.push(("webhook secret", hook_secret.clone()));
+    assert!(hook_secret.starts_with("whsec_"), "{hook}");
     // A token is a secret too; its signature part is enough to find it.
     if let Some(sig) = token.rsplit('.').next() {
         markers.push(("access token", sig.to_owned()));

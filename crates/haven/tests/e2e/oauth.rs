@@ -233,11 +233,14 @@ async fn real_signing_key(s: &Server) -> haven_crypto::jwt::SigningKey {
         .into_iter()
         .max_by_key(|r| r.2)
         .unwrap_or_else(|| panic!("no signing key"));
-    let (master, _) = haven_crypto::keys::MasterKey::load_or_create(&s.dir.join("master.key"))
+    let master = haven_crypto::ring::MasterKeys::from_file(&s.dir.join("master.key"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let pkcs8 = master
-        .open(&format!("haven:signing-key:{kid}"), &sealed)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pkcs8 = haven_crypto::ring::KeyProvider::unwrap(
+        &master,
+        &format!("haven:signing-key:{kid}"),
+        &sealed,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     haven_crypto::jwt::SigningKey::from_pkcs8(kid, &pkcs8).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -1,0 +1,53 @@
+//! Events for webhooks: what a domain writes into the outbox, in the same transaction as the
+//! change it reports. Payloads are thin: ids and states, never PHI (receivers fetch details
+//! through the API, under their own credentials).
+
+use serde_json::{Value, json};
+
+/// Every event type an endpoint can subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "account.created",
+    "account.suspended",
+    "account.reactivated",
+    "key.created",
+    "key.rotated",
+    "key.revoked",
+    "webhook_endpoint.created",
+    "webhook_endpoint.updated",
+    "webhook_endpoint.deleted",
+    "webhook_endpoint.secret_rotated",
+];
+
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// `evt_…`: also the `webhook-id` of every delivery, so receivers de-duplicate on it.
+    pub id: String,
+    /// The account the event concerns; its master account's endpoints receive it too.
+    pub account_id: String,
+    pub event_type: &'static str,
+    pub created_at_ms: i64,
+    /// The JSON body delivered.
+    pub payload: String,
+}
+
+impl OutboxEvent {
+    pub fn new(event_type: &'static str, account_id: &str, data: Value) -> Self {
+        let id = crate::id::new_id("evt");
+        let created_at_ms = crate::clock::now_ms();
+        let payload = json!({
+            "id": id,
+            "type": event_type,
+            "timestamp": crate::clock::to_rfc3339(created_at_ms),
+            "account_id": account_id,
+            "data": data,
+        })
+        .to_string();
+        Self {
+            id,
+            account_id: account_id.to_owned(),
+            event_type,
+            created_at_ms,
+            payload,
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The vault's and the contacts' storage, for both backends.
+
+use crate::{PgStore, SqliteStore, backend, sql};
+use haven_contacts::{ContactRow, ContactStore, IndexFilter};
+use haven_platform::page::PageRequest;
+use haven_platform::store::{StoreError, StoreResult};
+use haven_vault::{
+    AccountKeyRecord, KeyPurpose, SubjectKeyRecord, VaultStore, WrappedItem, WrappedKind,
+};
+use sqlx::Row;
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Backend(format!("stored {what} is not readable"))
+}
+
+macro_rules! impl_vault_store {
+    ($store:ty, $row:ty) => {
+        impl $store {
+            fn account_key_row(r: &$row) -> StoreResult<AccountKeyRecord> {
+                let purpose: String = r.try_get("purpose").map_err(backend)?;
+                Ok(AccountKeyRecord {
+                    id: r.try_get("id").map_err(backend)?,
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    purpose: KeyPurpose::parse(&purpose).ok_or_else(|| corrupt("key purpose"))?,
+                    wrapped: r.try_get("wrapped").map_err(backend)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    retired_at_ms: r.try_get("retired_at_ms").map_err(backend)?,
+                })
+            }
+
+            fn contact_row(r: &$row) -> StoreResult<ContactRow> {
+                Ok(ContactRow {
+                    id: r.try_get("id").map_err(backend)?,
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    reference_bidx: r.try_get("reference_bidx").map_err(backend)?,
+                    phone_bidx: r.try_get("phone_bidx").map_err(backend)?,
+                    email_bidx: r.try_get("email_bidx").map_err(backend)?,
+                    reference_ct: r.try_get("reference_ct").map_err(backend)?,
+                    name_ct: r.try_get("name_ct").map_err(backend)?,
+                    phone_ct: r.try_get("phone_ct").map_err(backend)?,
+                    email_ct: r.try_get("email_ct").map_err(backend)?,
+                    attributes_ct: r.try_get("attributes_ct").map_err(backend)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
+                    erased_at_ms: r.try_get("erased_at_ms").map_err(backend)?,
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl VaultStore for $store {
+            async fn active_account_key(
+                &self,
+                account_id: &str,
+                purpose: KeyPurpose,
+            ) -> StoreResult<Option<AccountKeyRecord>> {
+                let row = sqlx::query(sql::ACTIVE_ACCOUNT_KEY)
+                    .bind(account_id)
+                    .bind(purpose.as_str())
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::account_key_row(&r)).transpose()
+            }
+
+            async fn get_account_key(&self, id: &str) -> StoreResult<Option<AccountKeyRecord>> {
+                let row = sqlx::query(sql::GET_ACCOUNT_KEY)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::account_key_row(&r)).transpose()
+            }
+
+            async fn insert_account_key(
+                &self,
+                key: &AccountKeyRecord,
+                retire: Option<&str>,
+            ) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                if let Some(old) = retire {
+                    let n = sqlx::query(sql::RETIRE_ACCOUNT_KEY)
+                        .bind(key.created_at_ms)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                        .rows_affected();
+                    if n == 0 {
+                        tx.rollback().await.map_err(backend)?;
+                        return Ok(false);
+                    }
+                }
+                let n = sqlx::query(sql::INSERT_ACCOUNT_KEY)
+                    .bind(&key.id)
+                    .bind(&key.account_id)
+                    .bind(key.purpose.as_str())
+                    .bind(&key.wrapped)
+                    .bind(key.created_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                if n == 0 {
+                    tx.rollback().await.map_err(backend)?;
+                    return Ok(false);
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
+            async fn data_keys_due(
+                &self,
+                before_ms: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<AccountKeyRecord>> {
+                let rows = sqlx::query(sql::DATA_KEYS_DUE)
+                    .bind(before_ms)
+                    .bind(limit)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::account_key_row).collect()
+            }
+
+            async fn insert_subject_key(&self, k: &SubjectKeyRecord) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_SUBJECT_KEY)
+                    .bind(&k.subject_id)
+                    .bind(&k.account_id)
+                    .bind(&k.key_id)
+                    .bind(&k.data_key_id)
+                    .bind(&k.wrapped)
+                    .bind(k.created_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_subject_key(
+                &self,
+                subject_id: &str,
+            ) -> StoreResult<Option<SubjectKeyRecord>> {
+                let row = sqlx::query(sql::GET_SUBJECT_KEY)
+                    .bind(subject_id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| {
+                    Ok(SubjectKeyRecord {
+                        subject_id: r.try_get("subject_id").map_err(backend)?,
+                        account_id: r.try_get("account_id").map_err(backend)?,
+                        key_id: r.try_get("key_id").map_err(backend)?,
+                        data_key_id: r.try_get("data_key_id").map_err(backend)?,
+                        wrapped: r.try_get("wrapped").map_err(backend)?,
+                        created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn delete_subject_key(&self, subject_id: &str) -> StoreResult<bool> {
+                let n = sqlx::query(sql::DELETE_SUBJECT_KEY)
+                    .bind(subject_id)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                self.after_shred().await;
+                Ok(n > 0)
+            }
+
+            async fn list_master_wrapped(&self) -> StoreResult<Vec<WrappedItem>> {
+                let mut out = Vec::new();
+                for (q, kind) in [
+                    (sql::WRAPPED_SYSTEM, WrappedKind::System),
+                    (sql::WRAPPED_SIGNING, WrappedKind::SigningKey),
+                    (sql::WRAPPED_ACCOUNT, WrappedKind::AccountKey),
+                ] {
+                    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(q)
+                        .fetch_all(self.r())
+                        .await
+                        .map_err(backend)?;
+                    out.extend(rows.into_iter().map(|(id, wrapped)| WrappedItem {
+                        kind,
+                        id,
+                        wrapped,
+                    }));
+                }
+                Ok(out)
+            }
+
+            async fn replace_master_wrapped(
+                &self,
+                item: &WrappedItem,
+                rewrapped: &[u8],
+            ) -> StoreResult<bool> {
+                let q = match item.kind {
+                    WrappedKind::System => sql::REWRAP_SYSTEM,
+                    WrappedKind::SigningKey => sql::REWRAP_SIGNING,
+                    WrappedKind::AccountKey => sql::REWRAP_ACCOUNT,
+                };
+                let n = sqlx::query(q)
+                    .bind(rewrapped)
+                    .bind(&item.id)
+                    .bind(&item.wrapped)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(n > 0)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ContactStore for $store {
+            async fn insert_contact(&self, c: &ContactRow) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_CONTACT)
+                    .bind(&c.id)
+                    .bind(&c.account_id)
+                    .bind(&c.reference_bidx)
+                    .bind(&c.phone_bidx)
+                    .bind(&c.email_bidx)
+                    .bind(&c.reference_ct)
+                    .bind(&c.name_ct)
+                    .bind(&c.phone_ct)
+                    .bind(&c.email_ct)
+                    .bind(&c.attributes_ct)
+                    .bind(c.created_at_ms)
+                    .bind(c.updated_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_contact(&self, id: &str) -> StoreResult<Option<ContactRow>> {
+                let row = sqlx::query(sql::GET_CONTACT)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::contact_row(&r)).transpose()
+            }
+
+            async fn list_contacts(
+                &self,
+                account_id: &str,
+                filter: &IndexFilter,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<ContactRow>> {
+                let rows = sqlx::query(sql::LIST_CONTACTS)
+                    .bind(account_id)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(&filter.reference)
+                    .bind(&filter.phone)
+                    .bind(&filter.email)
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::contact_row).collect()
+            }
+
+            async fn update_contact(&self, c: &ContactRow) -> StoreResult<bool> {
+                let n = sqlx::query(sql::UPDATE_CONTACT)
+                    .bind(&c.reference_bidx)
+                    .bind(&c.phone_bidx)
+                    .bind(&c.email_bidx)
+                    .bind(&c.reference_ct)
+                    .bind(&c.name_ct)
+                    .bind(&c.phone_ct)
+                    .bind(&c.email_ct)
+                    .bind(&c.attributes_ct)
+                    .bind(c.updated_at_ms)
+                    .bind(&c.id)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(n > 0)
+            }
+
+            async fn mark_contact_erased(
+                &self,
+                id: &str,
+                now_ms: i64,
+            ) -> StoreResult<Option<ContactRow>> {
+                sqlx::query(sql::ERASE_CONTACT)
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                self.after_shred().await;
+                let row = sqlx::query(sql::GET_CONTACT)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::contact_row(&r)).transpose()
+            }
+        }
+    };
+}
+
+impl SqliteStore {
+    /// With `secure_delete` the freed pages are zeroed in the database file; checkpointing
+    /// moves them out of the write-ahead log as well, so a file copy taken after an erasure
+    /// holds no trace of the key.
+    async fn after_shred(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await
+        {
+            tracing::warn!(error = %e, "checkpoint after an erasure failed");
+        }
+    }
+}
+
+impl PgStore {
+    /// PostgreSQL keeps dead tuples until vacuum reclaims them; ask for it now.
+    async fn after_shred(&self) {
+        for statement in ["VACUUM subject_keys", "VACUUM contacts"] {
+            if let Err(e) = sqlx::query(statement).execute(&self.pool).await {
+                tracing::warn!(error = %e, "vacuum after an erasure failed");
+            }
+        }
+    }
+}
+
+impl_vault_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+impl_vault_store!(PgStore, sqlx::postgres::PgRow);
