@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// 256-bit key that wraps every other key Haven stores. Never printed, never stored in the
@@ -53,28 +53,6 @@ impl MasterKey {
             .decode(text.trim())
             .map_err(|_| CryptoError::BadKey("master key is not base64"))?;
         Self::from_bytes(&raw)
-    }
-
-    /// Reads the key file, or creates it (mode 0600) with a fresh random key if it is absent.
-    /// Returns whether it was created.
-    pub fn load_or_create(path: &Path) -> Result<(Self, bool), CryptoError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let mode = std::fs::metadata(path)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    return Err(CryptoError::BadKey(
-                        "master key file must not be readable by group or others (chmod 600)",
-                    ));
-                }
-                Ok((Self::from_base64(&text)?, false))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let raw = crate::random_bytes::<32>()?;
-                write_private_file(path, format!("{}\n", STANDARD.encode(raw)).as_bytes())?;
-                Ok((Self::from_bytes(&raw)?, true))
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     pub fn id(&self) -> &str {
@@ -166,23 +144,6 @@ mod tests {
         let other = MasterKey::from_bytes(&[8u8; 32]).unwrap_or_else(|e| panic!("{e}"));
         assert!(other.open("row:1", &sealed).is_err());
         assert_ne!(k.id(), other.id());
-    }
-
-    #[test]
-    fn key_file_is_private_and_stable() {
-        let dir = std::env::temp_dir().join(format!("haven-mk-{}", std::process::id()));
-        let path = dir.join("master.key");
-        let _ = std::fs::remove_dir_all(&dir);
-        let (a, created) = MasterKey::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert!(created);
-        let mode = std::fs::metadata(&path)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
-        assert_eq!(mode & 0o777, 0o600);
-        let (b, created) = MasterKey::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!created);
-        assert_eq!(a.id(), b.id());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -38,11 +38,14 @@ const HEADER_LEN: usize = MAGIC.len() + 8;
 #[derive(Debug)]
 pub struct Ring {
     keys: Vec<MasterKey>,
+    /// Each key's base64 text, in ring order (to rewrite the file).
+    encoded: Vec<String>,
 }
 
 impl Ring {
     pub fn parse(text: &str) -> Result<Self, CryptoError> {
         let mut keys: Vec<MasterKey> = Vec::new();
+        let mut encoded = Vec::new();
         for item in text.split(['\n', ',']) {
             let item = item.split('#').next().unwrap_or("").trim();
             if item.is_empty() {
@@ -70,11 +73,12 @@ impl Ring {
                 return Err(CryptoError::BadKey("a key appears twice in the key ring"));
             }
             keys.push(key);
+            encoded.push(b64.to_owned());
         }
         if keys.is_empty() {
             return Err(CryptoError::BadKey("the master key ring holds no key"));
         }
-        Ok(Self { keys })
+        Ok(Self { keys, encoded })
     }
 
     fn active(&self) -> &MasterKey {
@@ -315,19 +319,8 @@ pub fn remove_from_file(path: &Path, id: &str) -> Result<(), CryptoError> {
 }
 
 fn ring_lines(path: &Path) -> Result<Vec<(String, String)>, CryptoError> {
-    let text = read_private(path)?;
-    Ring::parse(&text)?;
-    let mut out = Vec::new();
-    for item in text.split(['\n', ',']) {
-        let item = item.split('#').next().unwrap_or("").trim();
-        if item.is_empty() {
-            continue;
-        }
-        let b64 = item.split_whitespace().last().unwrap_or("");
-        let key = MasterKey::from_base64(b64)?;
-        out.push((key.id().to_owned(), b64.to_owned()));
-    }
-    Ok(out)
+    let ring = Ring::parse(&read_private(path)?)?;
+    Ok(ring.ids().into_iter().zip(ring.encoded).collect())
 }
 
 #[cfg(test)]
@@ -377,6 +370,25 @@ mod tests {
             .map(|m| m.permissions().mode())
             .unwrap_or(0);
         assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap_or(Path::new("/nonexistent")));
+    }
+
+    #[test]
+    fn key_file_is_private_and_stable() {
+        let (path, a) = temp_ring();
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        assert_eq!(mode & 0o777, 0o600);
+        let (b, created) = MasterKeys::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!created);
+        assert_eq!(a.active_id(), b.active_id());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            MasterKeys::from_file(&path).is_err(),
+            "a group-readable ring is refused"
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap_or(Path::new("/nonexistent")));
     }
 

@@ -23,8 +23,27 @@ fn types_parse(raw: &str) -> StoreResult<Vec<String>> {
 }
 
 macro_rules! impl_webhook_store {
-    ($store:ty, $row:ty, $claim:expr) => {
+    ($store:ty, $db:ty, $row:ty, $claim:expr) => {
         impl $store {
+            async fn push_deliveries(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                deliveries: &[DeliveryRow],
+            ) -> StoreResult<()> {
+                for d in deliveries {
+                    sqlx::query(sql::INSERT_DELIVERY)
+                        .bind(&d.id)
+                        .bind(&d.event_id)
+                        .bind(&d.endpoint_id)
+                        .bind(&d.account_id)
+                        .bind(d.next_attempt_at_ms)
+                        .bind(d.created_at_ms)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                Ok(())
+            }
+
             fn endpoint_row(r: &$row) -> StoreResult<EndpointRow> {
                 let status: String = r.try_get("status").map_err(backend)?;
                 let types: String = r.try_get("event_types").map_err(backend)?;
@@ -220,18 +239,7 @@ macro_rules! impl_webhook_store {
 
             async fn fan_out(&self, event_id: &str, deliveries: &[DeliveryRow]) -> StoreResult<()> {
                 let mut tx = self.w().begin().await.map_err(backend)?;
-                for d in deliveries {
-                    sqlx::query(sql::INSERT_DELIVERY)
-                        .bind(&d.id)
-                        .bind(&d.event_id)
-                        .bind(&d.endpoint_id)
-                        .bind(&d.account_id)
-                        .bind(d.next_attempt_at_ms)
-                        .bind(d.created_at_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                }
+                Self::push_deliveries(&mut tx, deliveries).await?;
                 sqlx::query(sql::MARK_FANNED)
                     .bind(event_id)
                     .execute(&mut *tx)
@@ -304,18 +312,7 @@ macro_rules! impl_webhook_store {
 
             async fn insert_deliveries(&self, deliveries: &[DeliveryRow]) -> StoreResult<()> {
                 let mut tx = self.w().begin().await.map_err(backend)?;
-                for d in deliveries {
-                    sqlx::query(sql::INSERT_DELIVERY)
-                        .bind(&d.id)
-                        .bind(&d.event_id)
-                        .bind(&d.endpoint_id)
-                        .bind(&d.account_id)
-                        .bind(d.next_attempt_at_ms)
-                        .bind(d.created_at_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                }
+                Self::push_deliveries(&mut tx, deliveries).await?;
                 tx.commit().await.map_err(backend)
             }
 
@@ -385,5 +382,15 @@ macro_rules! impl_webhook_store {
     };
 }
 
-impl_webhook_store!(SqliteStore, sqlx::sqlite::SqliteRow, sql::CLAIM_DUE_SQLITE);
-impl_webhook_store!(PgStore, sqlx::postgres::PgRow, sql::CLAIM_DUE_PG);
+impl_webhook_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    sql::CLAIM_DUE_SQLITE
+);
+impl_webhook_store!(
+    PgStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    sql::CLAIM_DUE_PG
+);

@@ -338,13 +338,21 @@ async fn dead_letters_are_replayed(backend: Backend) {
         "a replay keeps the webhook-id"
     );
     assert_eq!(ok["verified"], true);
-    let (_, detail) = send(s.admin(Method::GET, &format!("/v1/webhooks/events/{eid}"))).await;
-    let statuses: BTreeSet<String> = detail["deliveries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| d["status"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    // The receiver answers before the server records the attempt: wait for the record.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (detail, statuses) = loop {
+        let (_, detail) = send(s.admin(Method::GET, &format!("/v1/webhooks/events/{eid}"))).await;
+        let statuses: BTreeSet<String> = detail["deliveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| d["status"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if !statuses.contains("pending") || Instant::now() > deadline {
+            break (detail, statuses);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         statuses,
         BTreeSet::from(["dead".to_owned(), "succeeded".to_owned()]),
