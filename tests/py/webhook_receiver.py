@@ -11,7 +11,7 @@ request it reads, fresh from DIR:
                the first N attempts of each webhook-id, then 200)
   delay_ms     sleep before answering (a slow receiver)
 It appends one JSON line per request to DIR/log.jsonl:
-  {"webhook_id", "attempt", "verified", "status", "type"}
+  {"webhook_id", "attempt", "verified", "status", "type", "data", "signatures"}
 """
 
 import json
@@ -67,11 +67,12 @@ class Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay / 1000)
         try:
-            event_type = json.loads(body).get("type")
+            doc = json.loads(body)
+            event_type, data = doc.get("type"), doc.get("data")
         except ValueError:
-            event_type = None
+            event_type, data = None, None
         line = {"webhook_id": msg_id, "attempt": attempt, "verified": verified,
-                "status": status, "type": event_type,
+                "status": status, "type": event_type, "data": data,
                 "signatures": len(headers.get("webhook-signature", "").split())}
         with LOCK:
             with open(os.path.join(DIR, "log.jsonl"), "a") as f:

@@ -60,6 +60,13 @@ impl From<StoreError> for ContactsError {
 
 pub type ContactsResult<T> = Result<T, ContactsError>;
 
+/// Which address of a contact to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    Phone,
+    Email,
+}
+
 pub struct Contacts {
     store: Arc<dyn ContactStore>,
     vault: Arc<Vault>,
@@ -124,6 +131,53 @@ impl Contacts {
         } else {
             self.audit.record(e).await;
         }
+    }
+
+    /// The contact of the account with this phone number or email, and its key: for other
+    /// domains that seal data about the patient under the patient's own key (messages to and
+    /// from them). Not audited as a read: no PHI leaves the service. `value` must be
+    /// normalized (E.164, or an address as [`model::email`] returns it).
+    pub async fn key_for_address(
+        &self,
+        account_id: &str,
+        kind: AddressKind,
+        value: &str,
+    ) -> ContactsResult<Option<(String, SubjectKey)>> {
+        let mut filter = IndexFilter::default();
+        match kind {
+            AddressKind::Phone => {
+                filter.phone = Some(
+                    self.vault
+                        .blind_index(account_id, "phone_number", value)
+                        .await?,
+                )
+            }
+            AddressKind::Email => {
+                filter.email = Some(
+                    self.vault
+                        .blind_index(account_id, "email", &model::email_index_value(value))
+                        .await?,
+                )
+            }
+        }
+        let page = PageRequest {
+            size: 1,
+            after: None,
+        };
+        let rows = self.store.list_contacts(account_id, &filter, &page).await?;
+        let Some(row) = rows.into_iter().find(|r| r.erased_at_ms.is_none()) else {
+            return Ok(None);
+        };
+        match self.vault.subject(account_id, &row.id).await {
+            Ok(key) => Ok(Some((row.id, key))),
+            Err(VaultError::Erased) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The key of a contact, to open what was sealed under it; `Erased` once destroyed.
+    pub async fn key_of(&self, account_id: &str, contact_id: &str) -> ContactsResult<SubjectKey> {
+        Ok(self.vault.subject(account_id, contact_id).await?)
     }
 
     /// Validates a creation request.

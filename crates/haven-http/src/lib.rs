@@ -48,6 +48,7 @@ pub struct AppState {
     pub vault: Arc<haven_vault::Vault>,
     pub contacts: Arc<haven_contacts::Contacts>,
     pub webhooks: Arc<haven_webhooks::Webhooks>,
+    pub messaging: Arc<haven_messaging::Messaging>,
     pub audit: Arc<haven_audit::AuditLog>,
     /// The operator's account, made at bootstrap.
     pub root_account_id: String,
@@ -73,6 +74,8 @@ pub struct AppState {
         (name = "keys", description = "API keys"),
         (name = "oauth", description = "OAuth 2.0 client credentials"),
         (name = "contacts", description = "Data subjects (patients and other contacts), encrypted under per-subject keys"),
+        (name = "messages", description = "SMS and email: send, track delivery, receive replies"),
+        (name = "senders", description = "Numbers, sender ids and addresses an account sends from"),
         (name = "webhooks", description = "Signed webhooks (Standard Webhooks) with a durable outbox, retries and replay"),
         (name = "audit", description = "The tamper-evident audit log (RFC 6962 Merkle tree)"),
         (name = "system", description = "Health, metrics and documentation"),
@@ -97,7 +100,7 @@ impl Modify for SecuritySchemes {
 
 /// Every route with its documentation; the two cannot drift apart.
 fn api() -> OpenApiRouter<Arc<AppState>> {
-    use routes::{accounts, audit, contacts, keys, oauth, system, webhooks};
+    use routes::{accounts, audit, contacts, keys, messages, oauth, system, webhooks};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create_account, accounts::list_accounts))
         .routes(routes!(accounts::get_account, accounts::update_account))
@@ -108,6 +111,10 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(contacts::search_contacts))
         .routes(routes!(contacts::get_contact, contacts::update_contact))
         .routes(routes!(contacts::erase_contact))
+        .routes(routes!(messages::send_message, messages::list_messages))
+        .routes(routes!(messages::get_message))
+        .routes(routes!(messages::create_sender, messages::list_senders))
+        .routes(routes!(messages::get_sender, messages::delete_sender))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(
             webhooks::get_endpoint,

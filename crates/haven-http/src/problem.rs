@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use haven_contacts::ContactsError;
 use haven_identity::{FieldError, IdentityError};
+use haven_messaging::MessagingError;
 use haven_vault::VaultError;
 use haven_webhooks::WebhooksError;
 use serde::Serialize;
@@ -66,6 +67,14 @@ catalogue! {
         "Webhook endpoints must use HTTPS and must not point at private, loopback, link-local or cloud metadata addresses, unless the operator allowlisted them in `webhooks.allow_targets`."),
     StoredDataUnreadable => ("stored-data-unreadable", StatusCode::INTERNAL_SERVER_ERROR, "Stored data failed its integrity check",
         "Encrypted data in the database failed authentication: it was altered, or moved from the row or field it belongs to. Nothing was returned. The failure is logged with the request id given as `instance`."),
+    SenderNotRegistered => ("sender-not-registered", StatusCode::UNPROCESSABLE_ENTITY, "Sender not registered",
+        "The `from` address is not a sender registered to this account on this channel. Register numbers, alphanumeric sender ids and email addresses with `POST /v1/senders` before sending from them: unregistered senders are refused so that nobody can send in the name of another organisation (anti-smishing)."),
+    SenderTaken => ("sender-taken", StatusCode::CONFLICT, "Sender already registered",
+        "This address is registered already, to this or another account. A number or address belongs to one account, so that replies reach the right department."),
+    ChannelUnavailable => ("channel-unavailable", StatusCode::UNPROCESSABLE_ENTITY, "Channel not configured",
+        "The server has no carrier connection for this channel (for SMS an `[[sms.smsc]]`, for email an `[email.smtp]` relay). The operator configures them; see docs/configuration.md."),
+    RateLimited => ("rate-limited", StatusCode::TOO_MANY_REQUESTS, "Rate limited",
+        "The account sent more messages than its rate allows. Nothing in this request was accepted; retry after the number of seconds in `Retry-After`."),
     IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
         "This Idempotency-Key was already used with a different request. Use a new key for a new request."),
     IdempotencyKeyInUse => ("idempotency-key-in-use", StatusCode::CONFLICT, "Idempotency key in use",
@@ -289,6 +298,49 @@ impl From<WebhooksError> for Problem {
             WebhooksError::Vault(e) => e.into(),
             WebhooksError::Store(e) => Problem::internal(&e),
             WebhooksError::Crypto(e) => Problem::internal(&e),
+        }
+    }
+}
+
+impl From<MessagingError> for Problem {
+    fn from(e: MessagingError) -> Self {
+        match e {
+            MessagingError::Invalid(errors) => Problem::new(
+                ProblemType::ValidationFailed,
+                "One or more fields are invalid.",
+            )
+            .with_errors(field_problems(errors)),
+            MessagingError::NotFound => Problem::new(ProblemType::NotFound, "No such resource."),
+            MessagingError::SenderNotRegistered => Problem::new(
+                ProblemType::SenderNotRegistered,
+                "The sender is not registered to this account for this channel.",
+            )
+            .with_errors(vec![FieldProblem {
+                field: "from".into(),
+                message: "is not a registered sender of this account".into(),
+            }]),
+            MessagingError::SenderTaken => Problem::new(
+                ProblemType::SenderTaken,
+                "This address is registered already.",
+            ),
+            MessagingError::ChannelUnavailable(kind) => Problem::new(
+                ProblemType::ChannelUnavailable,
+                format!("No {kind} channel is configured on this server."),
+            ),
+            MessagingError::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Problem {
+                    retry_after: Some(secs.max(1)),
+                    ..Problem::new(
+                        ProblemType::RateLimited,
+                        "The account is over its send rate; nothing was accepted.",
+                    )
+                }
+            }
+            MessagingError::Identity(e) => e.into(),
+            MessagingError::Vault(e) => e.into(),
+            MessagingError::Contacts(e) => e.into(),
+            MessagingError::Store(e) => Problem::internal(&e),
         }
     }
 }

@@ -35,6 +35,10 @@ pub enum AuditAction {
     WebhookEventReplayed,
     MasterKeyRotated,
     DataKeyRotated,
+    SenderRegistered,
+    SenderRemoved,
+    MessageSent,
+    MessageRead,
 }
 
 impl AuditAction {
@@ -66,6 +70,10 @@ impl AuditAction {
             Self::WebhookEventReplayed => "webhook_event.replayed",
             Self::MasterKeyRotated => "master_key.rotated",
             Self::DataKeyRotated => "data_key.rotated",
+            Self::SenderRegistered => "sender.registered",
+            Self::SenderRemoved => "sender.removed",
+            Self::MessageSent => "message.sent",
+            Self::MessageRead => "message.read",
         }
     }
 }

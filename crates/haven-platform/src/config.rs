@@ -29,6 +29,9 @@ pub struct Config {
     pub audit: AuditConfig,
     pub encryption: EncryptionConfig,
     pub webhooks: WebhooksConfig,
+    pub messages: MessagesConfig,
+    pub sms: SmsConfig,
+    pub email: EmailConfig,
 }
 
 impl Default for Config {
@@ -45,6 +48,9 @@ impl Default for Config {
             audit: AuditConfig::default(),
             encryption: EncryptionConfig::default(),
             webhooks: WebhooksConfig::default(),
+            messages: MessagesConfig::default(),
+            sms: SmsConfig::default(),
+            email: EmailConfig::default(),
         }
     }
 }
@@ -96,6 +102,153 @@ impl Default for WebhooksConfig {
             concurrency: 32,
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// Messages per second each account may send through the API (0: no limit); over it the
+    /// API answers `429` with `Retry-After`. Enforced per node.
+    pub rate_per_second: u32,
+    /// Messages an account may send at once above its rate.
+    pub burst: u32,
+    /// How long a node holds a message it is handing to a carrier; if the node dies, another
+    /// sends the message after this (so it may arrive twice: at least once).
+    pub lease_seconds: u64,
+    /// Messages being handed to carriers at once, per node.
+    pub concurrency: usize,
+    /// Longest wait between two tries of a message no carrier could take.
+    pub retry_max_seconds: u64,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 500,
+            burst: 1_000,
+            lease_seconds: 30,
+            concurrency: 256,
+            retry_max_seconds: 60,
+        }
+    }
+}
+
+/// SMS carriers: SMPP 3.4 connections to SMSCs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// One `[[sms.smsc]]` table per connection. A message goes to the first connected SMSC
+    /// whose `prefixes` match its destination (longest prefix first, then file order) and
+    /// fails over to the next.
+    pub smsc: Vec<SmscConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmscConfig {
+    /// Names the route in messages, metrics and logs.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub system_id: String,
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
+    /// Read the password from this file instead.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub system_type: String,
+    /// `transceiver` (default), `transmitter` or `receiver`.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// SMPP over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// Extra trust anchor (PEM) for the SMSC's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The name to check the SMSC's certificate against (default: `host`).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Submits outstanding at once on this connection.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Submits per second on this connection (the carrier's contracted throughput).
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
+    #[serde(default = "default_enquire_link")]
+    pub enquire_link_seconds: u64,
+    /// E.164 prefixes (`"+1"`, `"+44"`) this SMSC serves; empty: every destination.
+    #[serde(default, deserialize_with = "string_list")]
+    pub prefixes: Vec<String>,
+}
+
+fn default_bind() -> String {
+    "transceiver".to_owned()
+}
+fn default_window() -> usize {
+    10
+}
+fn default_enquire_link() -> u64 {
+    30
+}
+
+/// Email: the SMTP relay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    pub smtp: Option<SmtpRelayConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpRelayConfig {
+    #[serde(default = "default_relay_name")]
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// `starttls` (default), `implicit`, or `none` (only with `allow_insecure = true`).
+    #[serde(default = "default_smtp_tls")]
+    pub tls: String,
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// Extra trust anchor (PEM) for a private relay.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_seconds: u64,
+    #[serde(default = "default_smtp_pool")]
+    pub pool_size: u32,
+    #[serde(default)]
+    pub helo_name: Option<String>,
+    /// DKIM signing: all three set, or none.
+    #[serde(default)]
+    pub dkim_selector: Option<String>,
+    #[serde(default)]
+    pub dkim_domain: Option<String>,
+    #[serde(default)]
+    pub dkim_private_key_file: Option<PathBuf>,
+}
+
+fn default_relay_name() -> String {
+    "smtp".to_owned()
+}
+fn default_smtp_tls() -> String {
+    "starttls".to_owned()
+}
+fn default_smtp_timeout() -> u64 {
+    30
+}
+fn default_smtp_pool() -> u32 {
+    4
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -339,6 +492,9 @@ const SECTIONS: &[&str] = &[
     "audit",
     "encryption",
     "webhooks",
+    "messages",
+    "sms",
+    "email",
 ];
 
 /// Options that hold secrets: `HAVEN_<PATH>_FILE` reads them from a file.
@@ -560,6 +716,7 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
+        self.validate_channels(&mut p);
         if self.log.level.trim().is_empty() {
             p.push(problem("log.level", "must not be empty"));
         }
@@ -572,6 +729,114 @@ impl Config {
             ));
         }
         p
+    }
+
+    fn validate_channels(&self, p: &mut Vec<ConfigProblem>) {
+        let m = &self.messages;
+        if !(1..=3600).contains(&m.lease_seconds) {
+            p.push(problem(
+                "messages.lease_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(1..=10_000).contains(&m.concurrency) {
+            p.push(problem(
+                "messages.concurrency",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=86_400).contains(&m.retry_max_seconds) {
+            p.push(problem(
+                "messages.retry_max_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
+        if m.rate_per_second > 0 && m.burst == 0 {
+            p.push(problem("messages.burst", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.sms.smsc.iter().enumerate() {
+            let at = |k: &str| format!("sms.smsc[{i}].{k}");
+            if c.name.trim().is_empty() || !names.insert(c.name.clone()) {
+                p.push(problem(&at("name"), "must be set and unique"));
+            }
+            if c.host.trim().is_empty() {
+                p.push(problem(&at("host"), "must not be empty"));
+            }
+            if c.system_id.is_empty() || c.system_id.len() > 15 {
+                p.push(problem(&at("system_id"), "must be 1 to 15 characters"));
+            }
+            if c.password.is_some() && c.password_file.is_some() {
+                p.push(problem(
+                    &at("password"),
+                    "set password or password_file, not both",
+                ));
+            }
+            if !["transceiver", "transmitter", "receiver"].contains(&c.bind.as_str()) {
+                p.push(problem(
+                    &at("bind"),
+                    "must be transceiver, transmitter or receiver",
+                ));
+            }
+            if !(1..=1000).contains(&c.window) {
+                p.push(problem(&at("window"), "must be between 1 and 1000"));
+            }
+            if !(1..=3600).contains(&c.enquire_link_seconds) {
+                p.push(problem(
+                    &at("enquire_link_seconds"),
+                    "must be between 1 and 3600",
+                ));
+            }
+            for (j, prefix) in c.prefixes.iter().enumerate() {
+                let digits = prefix.strip_prefix('+').unwrap_or("");
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    p.push(problem(
+                        &format!("sms.smsc[{i}].prefixes[{j}]"),
+                        "must be + followed by digits",
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.email.smtp {
+            match s.tls.as_str() {
+                "starttls" | "implicit" => {}
+                "none" if s.allow_insecure => {}
+                "none" => p.push(problem(
+                    "email.smtp.tls",
+                    "none sends PHI in clear: it needs allow_insecure = true",
+                )),
+                _ => p.push(problem(
+                    "email.smtp.tls",
+                    "must be starttls, implicit or none",
+                )),
+            }
+            if s.host.trim().is_empty() {
+                p.push(problem("email.smtp.host", "must not be empty"));
+            }
+            if s.password.is_some() && s.password_file.is_some() {
+                p.push(problem(
+                    "email.smtp.password",
+                    "set password or password_file, not both",
+                ));
+            }
+            if !(1..=600).contains(&s.timeout_seconds) {
+                p.push(problem(
+                    "email.smtp.timeout_seconds",
+                    "must be between 1 and 600",
+                ));
+            }
+            let dkim = [
+                s.dkim_selector.is_some(),
+                s.dkim_domain.is_some(),
+                s.dkim_private_key_file.is_some(),
+            ];
+            if dkim.iter().any(|b| *b) && !dkim.iter().all(|b| *b) {
+                p.push(problem(
+                    "email.smtp",
+                    "dkim_selector, dkim_domain and dkim_private_key_file go together",
+                ));
+            }
+        }
     }
 
     /// The SQLite path or PostgreSQL URL in force.
@@ -720,6 +985,9 @@ fn check_shape(root: &toml::Table, problems: &mut Vec<ConfigProblem>) {
             "audit" => check_section::<AuditConfig>(key, value, problems, &[]),
             "encryption" => check_section::<EncryptionConfig>(key, value, problems, &[]),
             "webhooks" => check_section::<WebhooksConfig>(key, value, problems, &[]),
+            "messages" => check_section::<MessagesConfig>(key, value, problems, &[]),
+            "sms" => check_section::<SmsConfig>(key, value, problems, &[]),
+            "email" => check_section::<EmailConfig>(key, value, problems, &[]),
             "data_dir" => {
                 if let Err(e) = toml::Value::Table(one).try_into::<Config>() {
                     problems.push(problem(key, clean(&e.to_string())));

@@ -16,6 +16,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "webhook_endpoint.updated",
     "webhook_endpoint.deleted",
     "webhook_endpoint.secret_rotated",
+    "message.submitted",
+    "message.delivered",
+    "message.failed",
+    "message.expired",
+    "message.rejected",
+    "message.inbound",
 ];
 
 #[derive(Debug, Clone)]

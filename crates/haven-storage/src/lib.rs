@@ -3,6 +3,7 @@
 //! tests both.
 
 mod audit;
+mod messages;
 mod rows;
 mod sql;
 mod vault;
@@ -130,6 +131,13 @@ impl Store {
     }
 
     pub fn webhooks(&self) -> Arc<dyn haven_webhooks::WebhookStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn messages(&self) -> Arc<dyn haven_messaging::MessageStore> {
         match self {
             Store::Sqlite(s) => Arc::new(s.clone()),
             Store::Postgres(p) => Arc::new(p.clone()),

@@ -20,6 +20,7 @@ pub struct Opened {
     pub vault: Arc<haven_vault::Vault>,
     pub contacts: Arc<haven_contacts::Contacts>,
     pub webhooks: Arc<haven_webhooks::Webhooks>,
+    pub messaging: Arc<haven_messaging::Messaging>,
     pub identity: Arc<Identity>,
     pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
@@ -189,12 +190,32 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         )
         .map_err(|e| format!("webhook client: {e}"))?,
     );
+    let m = &config.messages;
+    let messaging = haven_messaging::Messaging::new(
+        store.messages(),
+        Arc::clone(&vault),
+        Arc::clone(&contacts),
+        Arc::new(audit.clone()),
+        haven_messaging::MessagingSettings {
+            rate_per_second: m.rate_per_second,
+            burst: m.burst,
+            lease: std::time::Duration::from_secs(m.lease_seconds),
+            concurrency: m.concurrency,
+            retry_max: std::time::Duration::from_secs(m.retry_max_seconds),
+            ..Default::default()
+        },
+    );
+    {
+        let webhooks = Arc::clone(&webhooks);
+        messaging.on_events(Arc::new(move || webhooks.notify()));
+    }
     Ok(Opened {
         store,
         master,
         vault,
         contacts,
         webhooks,
+        messaging,
         identity,
         audit_log,
         audit,
@@ -206,6 +227,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
 impl Opened {
     pub async fn close(self) {
         self.audit.flush().await;
+        drop(self.messaging);
         drop(self.webhooks);
         drop(self.contacts);
         drop(self.vault);

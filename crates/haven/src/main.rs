@@ -2,6 +2,7 @@
 //! behaviour lives in the crates.
 
 mod app;
+mod channels;
 mod server;
 mod telemetry;
 
@@ -100,10 +101,16 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCommand::Check) => {
             return match load_config(&cli, None) {
-                Ok(_) => {
-                    println!("configuration is valid");
-                    ExitCode::SUCCESS
-                }
+                Ok(c) => match channels::Channels::check(&c) {
+                    Ok(()) => {
+                        println!("configuration is valid");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("haven: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
                 Err(code) => code,
             };
         }

@@ -80,6 +80,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         ),
     };
     let opened = app::prepare(&config, public_url.clone()).await?;
+    let channels = crate::channels::Channels::start(&config, &opened.messaging)?;
     let acceptor = if tls {
         Some(tls_acceptor(&config)?)
     } else {
@@ -98,6 +99,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         vault: Arc::clone(&opened.vault),
         contacts: Arc::clone(&opened.contacts),
         webhooks: Arc::clone(&opened.webhooks),
+        messaging: Arc::clone(&opened.messaging),
         audit: Arc::clone(&opened.audit_log),
         root_account_id: opened
             .identity
@@ -176,6 +178,8 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     };
 
     let webhook_worker = tokio::spawn(Arc::clone(&opened.webhooks).run());
+    let message_sender = tokio::spawn(Arc::clone(&opened.messaging).run_sender());
+    let message_receipts = tokio::spawn(Arc::clone(&opened.messaging).run_receipts());
     if !config.webhooks.allow_targets.is_empty() {
         tracing::warn!(allow = ?config.webhooks.allow_targets, "webhooks may target these private addresses, over plain HTTP too (webhooks.allow_targets); leave it empty in production");
     }
@@ -287,6 +291,12 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     maintenance.abort();
     key_upkeep.abort();
     webhook_worker.abort();
+    message_sender.abort();
+    message_receipts.abort();
+    // Sends already handed to a carrier finish (bounded by the carrier's own timeouts); the
+    // rest stay queued for the next start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    channels.shutdown().await;
     drop(app);
     drop(state);
     opened.close().await;

@@ -2,6 +2,7 @@ pub mod accounts;
 pub mod audit;
 pub mod contacts;
 pub mod keys;
+pub mod messages;
 pub mod oauth;
 pub mod system;
 pub mod webhooks;

@@ -10,6 +10,8 @@ mod cluster;
 mod encryption;
 mod isolation;
 mod logs;
+mod messages;
 mod oauth;
+mod peers;
 mod surface;
 mod webhooks;

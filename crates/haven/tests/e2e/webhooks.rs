@@ -20,14 +20,14 @@ both_backends!(
     a_name_resolving_inward_is_refused_at_delivery,
 );
 
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let child = Command::new(python())
             .arg(repo_root().join("tests/py/webhook_receiver.py"))
@@ -47,16 +47,16 @@ impl Receiver {
         Receiver { child, dir, port }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    fn set(&self, name: &str, value: &str) {
+    pub(crate) fn set(&self, name: &str, value: &str) {
         let path: PathBuf = self.dir.path().join(name);
         std::fs::write(&path, value).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    fn log(&self) -> Vec<Value> {
+    pub(crate) fn log(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.path().join("log.jsonl"))
             .unwrap_or_default()
             .lines()
@@ -65,7 +65,12 @@ impl Receiver {
     }
 
     /// Waits until `done` holds for the log.
-    async fn wait_for(&self, what: &str, secs: u64, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) async fn wait_for(
+        &self,
+        what: &str,
+        secs: u64,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let log = self.log();
@@ -105,7 +110,7 @@ fn options(schedule: &str) -> Options {
     }
 }
 
-async fn endpoint(s: &Server, url: &str, types: Value) -> (String, String) {
+pub(crate) async fn endpoint(s: &Server, url: &str, types: Value) -> (String, String) {
     let (st, e) = send(
         s.admin(Method::POST, "/v1/webhooks/endpoints")
             .json(&json!({ "url": url, "event_types": types })),
@@ -118,7 +123,7 @@ async fn endpoint(s: &Server, url: &str, types: Value) -> (String, String) {
 }
 
 /// Accepted (2xx) deliveries by webhook-id.
-fn accepted(log: &[Value]) -> BTreeMap<String, Value> {
+pub(crate) fn accepted(log: &[Value]) -> BTreeMap<String, Value> {
     log.iter()
         .filter(|l| l["status"] == 200)
         .map(|l| {

@@ -1,0 +1,346 @@
+//! `/v1/messages` and `/v1/senders`: send SMS and email, follow their delivery, read replies.
+//! Addresses and content are PHI: stored only encrypted, every read audited.
+
+use super::{PageParams, rfc3339};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
+use crate::problem::{Problem, ProblemBody};
+use crate::{AppState, idempotency};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use haven_messaging::{Message, MessageQuery, SendRequest, Sender};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    #[schema(example = "msg_01jd3k2m4n5p6q7r8s9t0v1w2x")]
+    pub id: String,
+    pub account_id: String,
+    /// `outbound` or `inbound`.
+    #[schema(example = "outbound")]
+    pub direction: &'static str,
+    /// `sms` or `email`.
+    #[schema(example = "sms")]
+    pub channel: &'static str,
+    /// `accepted` → `submitted` → `delivered` | `failed` | `expired` | `rejected`; inbound
+    /// messages are `received`.
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+    #[schema(example = "+14155550100")]
+    pub to: Option<String>,
+    #[schema(example = "+14155550199")]
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub client_ref: Option<String>,
+    /// The contact the message is to (or from), when the address matched one; the message is
+    /// then encrypted under that patient's own key.
+    pub contact_id: Option<String>,
+    /// True once the patient's key was destroyed: addresses and content are gone.
+    pub erased: bool,
+    /// Segments (SMS) the carrier took.
+    pub parts: i64,
+    pub attempts: i64,
+    /// The carrier's error code on failure or rejection.
+    pub error_code: Option<String>,
+    pub error_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub submitted_at: Option<String>,
+    pub final_at: Option<String>,
+    /// Outbound: when Haven stops trying (the time to live).
+    pub expires_at: Option<String>,
+}
+
+impl From<Message> for MessageView {
+    fn from(m: Message) -> Self {
+        let (subject, text, html) = match m.content {
+            Some(c) => (c.subject, Some(c.text), c.html),
+            None => (None, None, None),
+        };
+        let outbound = m.direction == haven_messaging::Direction::Outbound;
+        Self {
+            id: m.id,
+            account_id: m.account_id,
+            direction: m.direction.as_str(),
+            channel: m.channel.as_str(),
+            status: m.status.as_str(),
+            to: m.to,
+            from: m.from,
+            subject,
+            text,
+            html,
+            client_ref: m.client_ref,
+            contact_id: m.contact_id,
+            erased: m.erased,
+            parts: m.parts,
+            attempts: m.attempts,
+            error_code: m.error_code,
+            error_reason: m.error_reason,
+            created_at: haven_platform::clock::to_rfc3339(m.created_at_ms),
+            updated_at: haven_platform::clock::to_rfc3339(m.updated_at_ms),
+            submitted_at: rfc3339(m.submitted_at_ms),
+            final_at: rfc3339(m.final_at_ms),
+            expires_at: rfc3339(outbound.then_some(m.expires_at_ms)),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageList {
+    pub items: Vec<MessageView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A message to send.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// `sms` or `email`.
+    #[schema(example = "sms")]
+    pub channel: String,
+    /// E.164 for SMS; an address for email.
+    #[schema(example = "+14155550100")]
+    pub to: String,
+    /// A sender registered to the account for this channel.
+    #[schema(example = "+14155550199")]
+    pub from: String,
+    /// Email only; required there.
+    pub subject: Option<String>,
+    /// The text: up to 1,600 characters for SMS (split into segments as needed, GSM 03.38 or
+    /// UCS-2 chosen per message); up to 256 KiB for email.
+    #[schema(example = "Your appointment is tomorrow at 10:00. Reply YES to confirm.")]
+    pub text: String,
+    /// Email only: an HTML alternative to `text`.
+    pub html: Option<String>,
+    /// Your own reference, up to 100 characters, returned with the message and filterable.
+    pub client_ref: Option<String>,
+    /// How long Haven keeps trying to hand the message to a carrier, and how long the carrier
+    /// may keep trying: 60 to 604800 seconds (default 86400).
+    pub ttl_seconds: Option<u64>,
+    /// Ask the carrier for a delivery receipt (SMS; default true).
+    pub receipt: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MessageListQuery {
+    /// `accepted`, `submitted`, `delivered`, `failed`, `expired`, `rejected` or `received`.
+    pub status: Option<String>,
+    /// `sms` or `email`.
+    pub channel: Option<String>,
+    /// `outbound` or `inbound`.
+    pub direction: Option<String>,
+    /// Exact match on your reference.
+    pub client_ref: Option<String>,
+    pub page_size: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Send a message. `202` means it is durably stored and will be sent: it survives restarts
+/// and carrier outages and is retried until its time to live runs out. Status changes arrive
+/// as `message.*` webhooks.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages", request_body = SendMessage,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: a replay returns the first response and sends nothing.")),
+    responses((status = 202, description = "Accepted", body = MessageView), (status = 400, description = "Malformed request", body = ProblemBody), (status = 401, description = "Not authenticated", body = ProblemBody),
+        (status = 403, description = "Needs messages:write", body = ProblemBody), (status = 422, description = "Invalid, unregistered sender, or channel not configured", body = ProblemBody),
+        (status = 429, description = "Over the account's send rate (see Retry-After); nothing accepted", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn send_message(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    headers: HeaderMap,
+    body: ApiJson<SendMessage>,
+) -> Result<Response, Problem> {
+    let b = body.value;
+    let req = SendRequest {
+        channel: b.channel,
+        to: b.to,
+        from: b.from,
+        subject: b.subject,
+        text: Some(b.text),
+        html: b.html,
+        client_ref: b.client_ref,
+        ttl_seconds: b.ttl_seconds,
+        receipt: b.receipt,
+    };
+    let meta = auth.meta();
+    idempotency::once(
+        &st,
+        &auth.principal.account_id,
+        &headers,
+        "POST /v1/messages",
+        &body.raw,
+        StatusCode::ACCEPTED,
+        async {
+            Ok(MessageView::from(
+                st.messaging.send(&auth.principal, &meta, req).await?,
+            ))
+        },
+    )
+    .await
+}
+
+/// List the account's messages, newest last, optionally filtered.
+#[utoipa::path(get, path = "/v1/messages", tag = "messages", params(MessageListQuery),
+    responses((status = 200, description = "OK", body = MessageList), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 403, description = "Needs messages:read", body = ProblemBody),
+        (status = 422, description = "Unknown filter value", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn list_messages(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<MessageListQuery>,
+) -> Result<Json<MessageList>, Problem> {
+    let page = PageParams {
+        page_size: q.page_size,
+        cursor: q.cursor,
+    }
+    .parse()?;
+    let query = MessageQuery {
+        status: q.status,
+        channel: q.channel,
+        direction: q.direction,
+        client_ref: q.client_ref,
+    };
+    let page = st
+        .messaging
+        .list(&auth.principal, &auth.meta(), &query, &page)
+        .await?;
+    Ok(Json(MessageList {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Get a message, outbound or inbound.
+#[utoipa::path(get, path = "/v1/messages/{message_id}", tag = "messages", params(("message_id" = String, Path)),
+    responses((status = 200, description = "OK", body = MessageView), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 404, description = "Not found (or not yours)", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn get_message(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<MessageView>, Problem> {
+    Ok(Json(
+        st.messaging
+            .get(&auth.principal, &auth.meta(), &id)
+            .await?
+            .into(),
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SenderView {
+    #[schema(example = "snd_01jd3k2m4n5p6q7r8s9t0v1w2x")]
+    pub id: String,
+    pub account_id: String,
+    #[schema(example = "sms")]
+    pub channel: &'static str,
+    /// E.164 number, alphanumeric sender id, or email address.
+    #[schema(example = "+14155550199")]
+    pub address: String,
+    pub created_at: String,
+}
+
+impl From<Sender> for SenderView {
+    fn from(s: Sender) -> Self {
+        Self {
+            id: s.id,
+            account_id: s.account_id,
+            channel: s.channel.as_str(),
+            address: s.address,
+            created_at: haven_platform::clock::to_rfc3339(s.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SenderList {
+    pub items: Vec<SenderView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSender {
+    /// `sms` or `email`.
+    #[schema(example = "sms")]
+    pub channel: String,
+    /// For SMS an E.164 number or an alphanumeric sender id (1 to 11 characters); for email
+    /// an address.
+    #[schema(example = "+14155550199")]
+    pub address: String,
+}
+
+/// Register a sender. A number or address belongs to one account: inbound messages to it are
+/// routed to that account.
+#[utoipa::path(post, path = "/v1/senders", tag = "senders", request_body = CreateSender,
+    responses((status = 201, description = "Registered", body = SenderView), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 403, description = "Needs senders:write", body = ProblemBody),
+        (status = 409, description = "Registered already", body = ProblemBody), (status = 422, description = "Valid JSON that breaks a rule", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn create_sender(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    body: ApiJson<CreateSender>,
+) -> Result<Response, Problem> {
+    let b = body.value;
+    let s = st
+        .messaging
+        .register_sender(&auth.principal, &auth.meta(), &b.channel, &b.address)
+        .await?;
+    Ok((StatusCode::CREATED, Json(SenderView::from(s))).into_response())
+}
+
+/// List the account's senders.
+#[utoipa::path(get, path = "/v1/senders", tag = "senders", params(PageParams),
+    responses((status = 200, description = "OK", body = SenderList), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 403, description = "Needs senders:read", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn list_senders(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Json<SenderList>, Problem> {
+    let page = st
+        .messaging
+        .list_senders(&auth.principal, &q.parse()?)
+        .await?;
+    Ok(Json(SenderList {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Get a sender.
+#[utoipa::path(get, path = "/v1/senders/{sender_id}", tag = "senders", params(("sender_id" = String, Path)),
+    responses((status = 200, description = "OK", body = SenderView), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 404, description = "Not found (or not yours)", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn get_sender(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SenderView>, Problem> {
+    Ok(Json(
+        st.messaging.get_sender(&auth.principal, &id).await?.into(),
+    ))
+}
+
+/// Remove a sender: nothing more can be sent from it, and inbound messages to it are no
+/// longer routed to the account.
+#[utoipa::path(delete, path = "/v1/senders/{sender_id}", tag = "senders", params(("sender_id" = String, Path)),
+    responses((status = 204, description = "Removed"), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 404, description = "Not found (or not yours)", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn delete_sender(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, Problem> {
+    st.messaging
+        .delete_sender(&auth.principal, &auth.meta(), &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

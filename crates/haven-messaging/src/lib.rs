@@ -1,0 +1,670 @@
+//! Messages: registered senders, and the durable pipeline that carries a message from the API
+//! to a carrier over any [`haven_channel::Channel`] and reports what happened to it.
+//!
+//! - **Accepting** a message seals its addresses and content (under the patient's own key when
+//!   the recipient is a known contact, else under the account's data key) and stores it, in a
+//!   group commit, before the API answers `202`. The message row is the queue.
+//! - **Sending** ([`pipeline`]): workers lease due messages, hand them to their channel, and
+//!   record the outcome with the event it causes. A crash mid-send leaves the lease to run out
+//!   and the message is sent again: delivery is at least once.
+//! - **Receipts and inbound messages** come back through [`InboundSink`]: stored before the
+//!   carrier is acknowledged, matched to their message by a reconciler.
+
+pub mod batch;
+pub mod limiter;
+pub mod model;
+pub mod pipeline;
+pub mod store;
+
+use batch::Batcher;
+use haven_channel::{Channel, ChannelKind};
+use haven_contacts::{AddressKind, Contacts, ContactsError};
+use haven_identity::{FieldError, IdentityError, Principal, RequestMeta, Right, Scope};
+use haven_platform::audit::{AuditAction, AuditEvent, AuditSink, Outcome as AuditOutcome};
+use haven_platform::clock::now_ms;
+use haven_platform::events::OutboxEvent;
+use haven_platform::id::new_id;
+use haven_platform::page::{Page, PageRequest};
+use haven_platform::store::StoreError;
+use haven_vault::{FieldRef, SubjectKey, Vault, VaultError};
+use limiter::RateLimiter;
+pub use model::{
+    Content, Direction, Message, MessageQuery, MessageStatus, SendRequest, Sender, ValidSend,
+};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+pub use store::{MessageFilter, MessageRow, MessageStore, PartRow, ReceiptRow, SenderRow};
+use tokio::sync::Notify;
+
+const READ: Scope = Scope::new("messages", Right::Read);
+const WRITE: Scope = Scope::new("messages", Right::Write);
+const SENDERS_READ: Scope = Scope::new("senders", Right::Read);
+const SENDERS_WRITE: Scope = Scope::new("senders", Right::Write);
+const TABLE: &str = "messages";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessagingError {
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
+    #[error("not found")]
+    NotFound,
+    #[error("the sender is not registered to this account")]
+    SenderNotRegistered,
+    #[error("the address is registered already")]
+    SenderTaken,
+    #[error("no {0} channel is configured on this server")]
+    ChannelUnavailable(ChannelKind),
+    #[error("over the account's send rate")]
+    RateLimited { retry_after: Duration },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Contacts(#[from] ContactsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type MessagingResult<T> = Result<T, MessagingError>;
+
+#[derive(Debug, Clone)]
+pub struct MessagingSettings {
+    /// Messages per second an account may send (0: no limit), and the burst above it.
+    pub rate_per_second: u32,
+    pub burst: u32,
+    /// How long a worker holds a message it is sending; another node sends it after that.
+    pub lease: Duration,
+    /// Sends in flight per node.
+    pub concurrency: usize,
+    /// Largest group commit.
+    pub batch_max: usize,
+    /// The longest wait between two tries of a message a carrier could not take.
+    pub retry_max: Duration,
+    /// How often to look for due messages written by other nodes.
+    pub poll: Duration,
+}
+
+impl Default for MessagingSettings {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 500,
+            burst: 1_000,
+            lease: Duration::from_secs(30),
+            concurrency: 256,
+            batch_max: 512,
+            retry_max: Duration::from_secs(60),
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The key a message is sealed under.
+pub(crate) enum SealKey {
+    Account,
+    Subject(SubjectKey),
+}
+
+pub(crate) fn field<'a>(account_id: &'a str, id: &'a str, column: &'static str) -> FieldRef<'a> {
+    FieldRef {
+        account_id,
+        table: TABLE,
+        column,
+        row_id: id,
+    }
+}
+
+type EventHook = Arc<dyn Fn() + Send + Sync>;
+
+pub struct Messaging {
+    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) contacts: Arc<Contacts>,
+    audit: Arc<dyn AuditSink>,
+    pub(crate) settings: MessagingSettings,
+    channels: RwLock<HashMap<ChannelKind, Arc<dyn Channel>>>,
+    limiter: RateLimiter,
+    pub(crate) writer: Batcher<(MessageRow, Option<OutboxEvent>)>,
+    pub(crate) receipt_writer: Batcher<ReceiptRow>,
+    pub(crate) outcome_writer: Batcher<store::Outcome>,
+    pub(crate) wake_sender: Notify,
+    pub(crate) wake_receipts: Notify,
+    event_hook: RwLock<Option<EventHook>>,
+}
+
+impl std::fmt::Debug for Messaging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Messaging")
+    }
+}
+
+fn text(bytes: Vec<u8>) -> MessagingResult<String> {
+    String::from_utf8(bytes).map_err(|_| MessagingError::Vault(VaultError::Integrity("not text")))
+}
+
+impl Messaging {
+    /// Must be called inside a Tokio runtime: it starts the group-commit writers.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        vault: Arc<Vault>,
+        contacts: Arc<Contacts>,
+        audit: Arc<dyn AuditSink>,
+        settings: MessagingSettings,
+    ) -> Arc<Self> {
+        let max = settings.batch_max;
+        let s = store.clone();
+        let writer = Batcher::spawn(max, move |rows: Vec<(MessageRow, Option<OutboxEvent>)>| {
+            let s = s.clone();
+            async move { s.insert_messages(&rows).await }
+        });
+        let s = store.clone();
+        let receipt_writer = Batcher::spawn(max, move |rows: Vec<ReceiptRow>| {
+            let s = s.clone();
+            async move { s.insert_receipts(&rows).await }
+        });
+        let s = store.clone();
+        let outcome_writer = Batcher::spawn(max, move |rows: Vec<store::Outcome>| {
+            let s = s.clone();
+            async move { s.record_outcomes(&rows).await }
+        });
+        Arc::new(Self {
+            limiter: RateLimiter::new(settings.rate_per_second, settings.burst),
+            store,
+            vault,
+            contacts,
+            audit,
+            settings,
+            channels: RwLock::new(HashMap::new()),
+            writer,
+            receipt_writer,
+            outcome_writer,
+            wake_sender: Notify::new(),
+            wake_receipts: Notify::new(),
+            event_hook: RwLock::new(None),
+        })
+    }
+
+    /// Makes a channel available for sending.
+    pub fn attach_channel(&self, channel: Arc<dyn Channel>) {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(channel.kind(), channel);
+    }
+
+    pub fn channel(&self, kind: ChannelKind) -> Option<Arc<dyn Channel>> {
+        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&kind).cloned()
+    }
+
+    pub fn channels(&self) -> Vec<Arc<dyn Channel>> {
+        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+
+    /// Called after events are written, so this node's webhook worker wakes at once.
+    pub fn on_events(&self, hook: EventHook) {
+        *self.event_hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    pub(crate) fn events_written(&self) {
+        let hook = self
+            .event_hook
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = hook {
+            h();
+        }
+    }
+
+    async fn audit(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        action: AuditAction,
+        kind: &'static str,
+        id: &str,
+        queued: bool,
+    ) {
+        let e = AuditEvent::new(action, AuditOutcome::Success, p.actor(meta)).resource(kind, id);
+        if queued {
+            self.audit.enqueue(e).await;
+        } else {
+            self.audit.record(e).await;
+        }
+    }
+
+    // ---------------------------------------------------------------- senders --
+
+    fn sender_view(row: &SenderRow) -> MessagingResult<Sender> {
+        Ok(Sender {
+            id: row.id.clone(),
+            account_id: row.account_id.clone(),
+            channel: ChannelKind::parse(&row.channel)
+                .ok_or_else(|| StoreError::Backend("stored channel is not readable".into()))?,
+            address: row.address.clone(),
+            created_at_ms: row.created_at_ms,
+        })
+    }
+
+    /// Registers a number, alphanumeric id or email address as the account's sender.
+    pub async fn register_sender(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        channel: &str,
+        address: &str,
+    ) -> MessagingResult<Sender> {
+        p.require(SENDERS_WRITE)?;
+        let mut errors = Vec::new();
+        let kind = model::channel("channel", channel, &mut errors);
+        let address = match kind {
+            Some(k) => model::sender_address(k, "address", address, &mut errors),
+            None => String::new(),
+        };
+        let Some(kind) = kind.filter(|_| errors.is_empty()) else {
+            return Err(MessagingError::Invalid(errors));
+        };
+        let row = SenderRow {
+            id: new_id(model::SENDER_PREFIX),
+            account_id: p.account_id.clone(),
+            channel: kind.as_str().to_owned(),
+            address,
+            created_at_ms: now_ms(),
+        };
+        match self.store.insert_sender(&row).await {
+            Err(StoreError::Conflict) => return Err(MessagingError::SenderTaken),
+            other => other?,
+        }
+        self.audit(
+            p,
+            meta,
+            AuditAction::SenderRegistered,
+            "sender",
+            &row.id,
+            false,
+        )
+        .await;
+        Self::sender_view(&row)
+    }
+
+    async fn owned_sender(&self, p: &Principal, id: &str) -> MessagingResult<SenderRow> {
+        if !haven_identity::is_id(model::SENDER_PREFIX, id) {
+            return Err(MessagingError::NotFound);
+        }
+        match self.store.get_sender(id).await? {
+            Some(s) if s.account_id == p.account_id => Ok(s),
+            _ => Err(MessagingError::NotFound),
+        }
+    }
+
+    pub async fn get_sender(&self, p: &Principal, id: &str) -> MessagingResult<Sender> {
+        p.require(SENDERS_READ)?;
+        Self::sender_view(&self.owned_sender(p, id).await?)
+    }
+
+    pub async fn list_senders(
+        &self,
+        p: &Principal,
+        page: &PageRequest,
+    ) -> MessagingResult<Page<Sender>> {
+        p.require(SENDERS_READ)?;
+        let rows = self.store.list_senders(&p.account_id, page).await?;
+        let page = Page::from_rows(rows, page, |r| &r.id);
+        Ok(Page {
+            items: page
+                .items
+                .iter()
+                .map(Self::sender_view)
+                .collect::<MessagingResult<_>>()?,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Removes a sender: messages can no longer be sent from it, and inbound messages to it
+    /// are no longer routed to the account.
+    pub async fn delete_sender(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        id: &str,
+    ) -> MessagingResult<()> {
+        p.require(SENDERS_WRITE)?;
+        let row = self.owned_sender(p, id).await?;
+        self.store.delete_sender(&row.id).await?;
+        self.audit(
+            p,
+            meta,
+            AuditAction::SenderRemoved,
+            "sender",
+            &row.id,
+            false,
+        )
+        .await;
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- messages --
+
+    pub(crate) async fn seal_key(
+        &self,
+        account_id: &str,
+        kind: ChannelKind,
+        patient: &str,
+    ) -> MessagingResult<(Option<String>, SealKey)> {
+        let k = match kind {
+            ChannelKind::Sms => AddressKind::Phone,
+            ChannelKind::Email => AddressKind::Email,
+        };
+        Ok(
+            match self
+                .contacts
+                .key_for_address(account_id, k, patient)
+                .await?
+            {
+                Some((id, key)) => (Some(id), SealKey::Subject(key)),
+                None => (None, SealKey::Account),
+            },
+        )
+    }
+
+    pub(crate) async fn seal(
+        &self,
+        key: &SealKey,
+        f: &FieldRef<'_>,
+        plaintext: &[u8],
+    ) -> MessagingResult<Vec<u8>> {
+        Ok(match key {
+            SealKey::Account => self.vault.seal_for_account(f, plaintext).await?,
+            SealKey::Subject(k) => k.seal(f, plaintext)?,
+        })
+    }
+
+    pub(crate) async fn open(
+        &self,
+        key: &SealKey,
+        f: &FieldRef<'_>,
+        ciphertext: &[u8],
+    ) -> MessagingResult<Vec<u8>> {
+        Ok(match key {
+            SealKey::Account => self.vault.open_for_account(f, ciphertext).await?,
+            SealKey::Subject(k) => k.open(f, ciphertext)?,
+        })
+    }
+
+    /// The key a stored message is sealed under; `None` when the patient was erased.
+    pub(crate) async fn key_of(&self, row: &MessageRow) -> MessagingResult<Option<SealKey>> {
+        match &row.contact_id {
+            None => Ok(Some(SealKey::Account)),
+            Some(c) => match self.contacts.key_of(&row.account_id, c).await {
+                Ok(k) => Ok(Some(SealKey::Subject(k))),
+                Err(ContactsError::Erased) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Accepts a message for sending: checked, sealed and durably stored when this returns.
+    pub async fn send(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        req: SendRequest,
+    ) -> MessagingResult<Message> {
+        p.require(WRITE)?;
+        let v = model::validate_send(req).map_err(MessagingError::Invalid)?;
+        if self.channel(v.channel).is_none() {
+            return Err(MessagingError::ChannelUnavailable(v.channel));
+        }
+        let sender = match self
+            .store
+            .sender_by_address(v.channel.as_str(), &v.from)
+            .await?
+        {
+            Some(s) if s.account_id == p.account_id => s,
+            _ => return Err(MessagingError::SenderNotRegistered),
+        };
+        if let Err(retry_after) = self.limiter.check(&p.account_id) {
+            metrics::counter!("haven_messages_rate_limited_total").increment(1);
+            return Err(MessagingError::RateLimited { retry_after });
+        }
+        let mut row = self.sealed_row(p, &v).await?;
+        row.sender_id = Some(sender.id);
+        self.writer.submit((row.clone(), None)).await?;
+        metrics::counter!("haven_messages_accepted_total", "channel" => v.channel.as_str())
+            .increment(1);
+        self.wake_sender.notify_one();
+        self.audit(p, meta, AuditAction::MessageSent, "message", &row.id, true)
+            .await;
+        Ok(Message {
+            id: row.id,
+            account_id: row.account_id,
+            direction: Direction::Outbound,
+            channel: v.channel,
+            status: MessageStatus::Accepted,
+            to: Some(v.to),
+            from: Some(v.from),
+            content: Some(v.content),
+            client_ref: v.client_ref,
+            contact_id: row.contact_id,
+            erased: false,
+            parts: 0,
+            attempts: 0,
+            error_code: None,
+            error_reason: None,
+            created_at_ms: row.created_at_ms,
+            updated_at_ms: row.updated_at_ms,
+            submitted_at_ms: None,
+            final_at_ms: None,
+            expires_at_ms: row.expires_at_ms,
+        })
+    }
+
+    async fn sealed_row(&self, p: &Principal, v: &ValidSend) -> MessagingResult<MessageRow> {
+        let id = new_id(model::MESSAGE_PREFIX);
+        let account = p.account_id.as_str();
+        let (contact_id, key) = self.seal_key(account, v.channel, &v.to).await?;
+        let content = serde_json::to_vec(&v.content)
+            .map_err(|_| MessagingError::Vault(VaultError::Integrity("content")))?;
+        let (client_ref_ct, client_ref_bidx) = match &v.client_ref {
+            Some(r) => (
+                Some(
+                    self.vault
+                        .seal_for_account(&field(account, &id, "client_ref"), r.as_bytes())
+                        .await?,
+                ),
+                Some(self.vault.blind_index(account, "client_ref", r).await?),
+            ),
+            None => (None, None),
+        };
+        let now = now_ms();
+        let ttl_ms = i64::try_from(v.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+        Ok(MessageRow {
+            to_ct: self
+                .seal(&key, &field(account, &id, "to"), v.to.as_bytes())
+                .await?,
+            from_ct: self
+                .seal(&key, &field(account, &id, "from"), v.from.as_bytes())
+                .await?,
+            content_ct: self
+                .seal(&key, &field(account, &id, "content"), &content)
+                .await?,
+            id,
+            account_id: p.account_id.clone(),
+            direction: Direction::Outbound.as_str().to_owned(),
+            channel: v.channel.as_str().to_owned(),
+            status: MessageStatus::Accepted.as_str().to_owned(),
+            sender_id: None,
+            contact_id,
+            client_ref_ct,
+            client_ref_bidx,
+            want_receipt: v.receipt,
+            parts: 0,
+            route: None,
+            error_code: None,
+            error_reason: None,
+            attempts: 0,
+            next_attempt_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            created_by: Some(p.credential_id.clone()),
+            created_at_ms: now,
+            updated_at_ms: now,
+            submitted_at_ms: None,
+            final_at_ms: None,
+        })
+    }
+
+    /// A stored message opened for its account.
+    pub(crate) async fn view(&self, row: &MessageRow) -> MessagingResult<Message> {
+        let bad = || StoreError::Backend("stored message is not readable".into());
+        let channel = ChannelKind::parse(&row.channel).ok_or_else(bad)?;
+        let direction = Direction::parse(&row.direction).ok_or_else(bad)?;
+        let status = MessageStatus::parse(&row.status).ok_or_else(bad)?;
+        let a = row.account_id.as_str();
+        let key = self.key_of(row).await?;
+        let (to, from, content) = match &key {
+            Some(k) => {
+                let to = text(self.open(k, &field(a, &row.id, "to"), &row.to_ct).await?)?;
+                let from = text(
+                    self.open(k, &field(a, &row.id, "from"), &row.from_ct)
+                        .await?,
+                )?;
+                let raw = self
+                    .open(k, &field(a, &row.id, "content"), &row.content_ct)
+                    .await?;
+                let content: Content = serde_json::from_slice(&raw)
+                    .map_err(|_| MessagingError::Vault(VaultError::Integrity("content")))?;
+                (Some(to), Some(from), Some(content))
+            }
+            None => (None, None, None),
+        };
+        let client_ref = match &row.client_ref_ct {
+            Some(ct) => Some(text(
+                self.vault
+                    .open_for_account(&field(a, &row.id, "client_ref"), ct)
+                    .await?,
+            )?),
+            None => None,
+        };
+        Ok(Message {
+            id: row.id.clone(),
+            account_id: row.account_id.clone(),
+            direction,
+            channel,
+            status,
+            to,
+            from,
+            content,
+            client_ref,
+            contact_id: row.contact_id.clone(),
+            erased: key.is_none(),
+            parts: row.parts,
+            attempts: row.attempts,
+            error_code: row.error_code.clone(),
+            error_reason: row.error_reason.clone(),
+            created_at_ms: row.created_at_ms,
+            updated_at_ms: row.updated_at_ms,
+            submitted_at_ms: row.submitted_at_ms,
+            final_at_ms: row.final_at_ms,
+            expires_at_ms: row.expires_at_ms,
+        })
+    }
+
+    pub async fn get(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        id: &str,
+    ) -> MessagingResult<Message> {
+        p.require(READ)?;
+        if !haven_identity::is_id(model::MESSAGE_PREFIX, id) {
+            return Err(MessagingError::NotFound);
+        }
+        let row = match self.store.get_message(id).await? {
+            Some(r) if r.account_id == p.account_id => r,
+            _ => return Err(MessagingError::NotFound),
+        };
+        let m = self.view(&row).await?;
+        self.audit(p, meta, AuditAction::MessageRead, "message", id, true)
+            .await;
+        Ok(m)
+    }
+
+    pub async fn list(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        q: &MessageQuery,
+        page: &PageRequest,
+    ) -> MessagingResult<Page<Message>> {
+        p.require(READ)?;
+        let mut errors = Vec::new();
+        let mut filter = MessageFilter::default();
+        if let Some(s) = &q.status {
+            if MessageStatus::parse(s).is_none() {
+                errors.push(FieldError::new(
+                    "status",
+                    "must be one of: accepted, submitted, delivered, failed, expired, rejected, received",
+                ));
+            }
+            filter.status = Some(s.clone());
+        }
+        if let Some(c) = &q.channel {
+            model::channel("channel", c, &mut errors);
+            filter.channel = Some(c.clone());
+        }
+        if let Some(d) = &q.direction {
+            if Direction::parse(d).is_none() {
+                errors.push(FieldError::new("direction", "must be outbound or inbound"));
+            }
+            filter.direction = Some(d.clone());
+        }
+        if !errors.is_empty() {
+            return Err(MessagingError::Invalid(errors));
+        }
+        if let Some(r) = &q.client_ref {
+            filter.client_ref_bidx = Some(
+                self.vault
+                    .blind_index(&p.account_id, "client_ref", r)
+                    .await?,
+            );
+        }
+        let rows = self
+            .store
+            .list_messages(&p.account_id, &filter, page)
+            .await?;
+        let page = Page::from_rows(rows, page, |r| &r.id);
+        let mut items = Vec::with_capacity(page.items.len());
+        for row in &page.items {
+            items.push(self.view(row).await?);
+            self.audit(p, meta, AuditAction::MessageRead, "message", &row.id, true)
+                .await;
+        }
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+}
+
+/// The thin payload of a `message.*` event: ids and states, never content or addresses.
+pub(crate) fn message_event(
+    event_type: &'static str,
+    account_id: &str,
+    message_id: &str,
+    channel: &str,
+    status: &str,
+    error_code: Option<&str>,
+) -> OutboxEvent {
+    OutboxEvent::new(
+        event_type,
+        account_id,
+        json!({
+            "message_id": message_id,
+            "channel": channel,
+            "status": status,
+            "error_code": error_code,
+        }),
+    )
+}

@@ -1,0 +1,503 @@
+//! The sending side of the pipeline, the receipt reconciler, and the sink channels report to.
+
+use crate::model::{Content, Direction, MessageStatus};
+use crate::store::{Outcome, ReceiptRow, ReceiptTarget, StatusChange};
+use crate::{MessageRow, Messaging, MessagingError, MessagingResult, field, message_event, text};
+use haven_channel::{
+    ChannelEvent, ChannelKind, InboundSink, Outbound, ReceiptState, SendError, SinkError,
+};
+use haven_platform::clock::now_ms;
+use haven_platform::id::new_id;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How long an unmatched receipt waits for its part before it is dropped.
+const RECEIPT_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+pub fn receipt_state_str(s: ReceiptState) -> &'static str {
+    match s {
+        ReceiptState::EnRoute => "enroute",
+        ReceiptState::Delivered => "delivered",
+        ReceiptState::Expired => "expired",
+        ReceiptState::Failed => "failed",
+        ReceiptState::Rejected => "rejected",
+        ReceiptState::Unknown => "unknown",
+    }
+}
+
+/// What the parts' receipts say about the whole message: delivered once every part is, or the
+/// first final failure of any part.
+pub fn decide(t: &ReceiptTarget, _now_ms: i64) -> Option<StatusChange> {
+    if t.status != MessageStatus::Submitted.as_str() || t.parts.is_empty() {
+        return None;
+    }
+    let failure = t.parts.iter().find_map(|p| {
+        let s = match p.state.as_str() {
+            "failed" => MessageStatus::Failed,
+            "expired" => MessageStatus::Expired,
+            "rejected" => MessageStatus::Rejected,
+            _ => return None,
+        };
+        Some((s, p.error_code.clone()))
+    });
+    let (status, code) = match failure {
+        Some(f) => f,
+        None if t.parts.iter().all(|p| p.state == "delivered") => (MessageStatus::Delivered, None),
+        None => return None,
+    };
+    let event_type = status.event_type()?;
+    Some(StatusChange {
+        status: status.as_str().to_owned(),
+        error_code: code.clone(),
+        event: message_event(
+            event_type,
+            &t.account_id,
+            &t.message_id,
+            &t.channel,
+            status.as_str(),
+            code.as_deref(),
+        ),
+    })
+}
+
+/// Exponential backoff from 1 s up to `max`, with up to 20% jitter.
+fn backoff(attempts: i64, max: Duration) -> Duration {
+    let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
+    let base = Duration::from_secs(1u64 << exp.min(16)).min(max);
+    let jitter = haven_crypto::random_bytes::<2>()
+        .map(|b| f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))
+        .unwrap_or(0.5);
+    base.mul_f64(1.0 + 0.2 * jitter)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl Messaging {
+    /// Opens a queued message into what its channel needs.
+    async fn outbound(&self, row: &MessageRow) -> MessagingResult<Option<Outbound>> {
+        let Some(key) = self.key_of(row).await? else {
+            return Ok(None);
+        };
+        let a = row.account_id.as_str();
+        let to = text(
+            self.open(&key, &field(a, &row.id, "to"), &row.to_ct)
+                .await?,
+        )?;
+        let from = text(
+            self.open(&key, &field(a, &row.id, "from"), &row.from_ct)
+                .await?,
+        )?;
+        let raw = self
+            .open(&key, &field(a, &row.id, "content"), &row.content_ct)
+            .await?;
+        let content: Content = serde_json::from_slice(&raw)
+            .map_err(|_| MessagingError::Vault(haven_vault::VaultError::Integrity("content")))?;
+        Ok(Some(Outbound {
+            message_id: row.id.clone(),
+            account_id: row.account_id.clone(),
+            to,
+            from,
+            subject: content.subject,
+            text: content.text,
+            html: content.html,
+            want_receipt: row.want_receipt,
+            expires_at_ms: Some(row.expires_at_ms),
+        }))
+    }
+
+    fn final_outcome(
+        row: &MessageRow,
+        status: MessageStatus,
+        code: Option<String>,
+        reason: Option<String>,
+    ) -> Outcome {
+        let at_ms = now_ms();
+        Outcome::Final {
+            message_id: row.id.clone(),
+            status: status.as_str().to_owned(),
+            event: message_event(
+                status.event_type().unwrap_or("message.failed"),
+                &row.account_id,
+                &row.id,
+                &row.channel,
+                status.as_str(),
+                code.as_deref(),
+            ),
+            error_code: code,
+            reason,
+            at_ms,
+        }
+    }
+
+    fn retry_outcome(&self, row: &MessageRow, reason: String, after: Option<Duration>) -> Outcome {
+        let attempts = row.attempts + 1;
+        let wait = after
+            .unwrap_or_else(|| backoff(attempts, self.settings.retry_max))
+            .min(self.settings.retry_max);
+        Outcome::Retry {
+            message_id: row.id.clone(),
+            attempts,
+            // Past its expiry the next claim expires it.
+            next_attempt_at_ms: (now_ms() + ms(wait)).min(row.expires_at_ms),
+            reason,
+        }
+    }
+
+    /// One attempt at one leased message.
+    async fn attempt(&self, row: MessageRow) -> Outcome {
+        if now_ms() >= row.expires_at_ms {
+            return Self::final_outcome(
+                &row,
+                MessageStatus::Expired,
+                None,
+                Some("time to live ran out before a carrier took the message".into()),
+            );
+        }
+        let Some(kind) = ChannelKind::parse(&row.channel) else {
+            return Self::final_outcome(&row, MessageStatus::Failed, None, Some("channel".into()));
+        };
+        let Some(channel) = self.channel(kind) else {
+            return self.retry_outcome(&row, format!("no {kind} channel configured"), None);
+        };
+        let out = match self.outbound(&row).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return Self::final_outcome(
+                    &row,
+                    MessageStatus::Failed,
+                    Some("erased".into()),
+                    Some("the recipient was erased before the message was sent".into()),
+                );
+            }
+            Err(e) => {
+                tracing::error!(message_id = %row.id, error = %e, "queued message is not readable");
+                return Self::final_outcome(
+                    &row,
+                    MessageStatus::Failed,
+                    Some("unreadable".into()),
+                    Some("the stored message could not be decrypted".into()),
+                );
+            }
+        };
+        // Stay well inside the lease, so no other node starts the same send.
+        let limit = self.settings.lease.mul_f64(0.8);
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(limit, channel.send(&out)).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::Transient {
+                reason: "the carrier did not answer in time".into(),
+                retry_after: None,
+            }),
+        };
+        metrics::histogram!("haven_message_send_seconds", "channel" => kind.as_str())
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(s) => {
+                metrics::counter!("haven_messages_submitted_total", "channel" => kind.as_str())
+                    .increment(1);
+                Outcome::Submitted {
+                    event: message_event(
+                        "message.submitted",
+                        &row.account_id,
+                        &row.id,
+                        &row.channel,
+                        MessageStatus::Submitted.as_str(),
+                        None,
+                    ),
+                    message_id: row.id.clone(),
+                    route: s.route,
+                    provider_ids: s.provider_ids,
+                    at_ms: now_ms(),
+                }
+            }
+            Err(SendError::Rejected { code, reason }) => {
+                metrics::counter!("haven_messages_rejected_total", "channel" => kind.as_str())
+                    .increment(1);
+                Self::final_outcome(&row, MessageStatus::Rejected, Some(code), Some(reason))
+            }
+            Err(SendError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                metrics::counter!("haven_message_send_retries_total", "channel" => kind.as_str())
+                    .increment(1);
+                tracing::debug!(message_id = %row.id, %reason, "send will be retried");
+                self.retry_outcome(&row, reason, retry_after)
+            }
+        }
+    }
+
+    /// This node's sending loop: leases due messages and sends them, at most `concurrency` at
+    /// once. Runs until the task is dropped.
+    pub async fn run_sender(self: Arc<Self>) {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        loop {
+            let free = permits.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                let now = now_ms();
+                let lease_until = now + ms(self.settings.lease);
+                let limit = i64::try_from(free.min(self.settings.batch_max)).unwrap_or(1);
+                match self.store.claim_due(now, lease_until, limit).await {
+                    Ok(rows) => {
+                        claimed = rows.len();
+                        for row in rows {
+                            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                                return;
+                            };
+                            let me = Arc::clone(&self);
+                            tokio::spawn(async move {
+                                let id = row.id.clone();
+                                let outcome = me.attempt(row).await;
+                                let wrote_event = !matches!(outcome, Outcome::Retry { .. });
+                                if let Err(e) = me.outcome_writer.submit(outcome).await {
+                                    // The lease runs out and the message is tried again.
+                                    tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
+                                } else if wrote_event {
+                                    me.events_written();
+                                }
+                                drop(permit);
+                                me.wake_sender.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming due messages failed"),
+                }
+            } else {
+                // Every permit is taken: wait for one to come back.
+                if let Ok(p) = Arc::clone(&permits).acquire_owned().await {
+                    drop(p);
+                }
+                continue;
+            }
+            if claimed == 0 {
+                let _ = tokio::time::timeout(self.settings.poll, self.wake_sender.notified()).await;
+            }
+        }
+    }
+
+    /// Matches stored receipts to their messages. Runs until the task is dropped.
+    pub async fn run_receipts(self: Arc<Self>) {
+        loop {
+            let limit = i64::try_from(self.settings.batch_max).unwrap_or(512);
+            let n = match self
+                .store
+                .apply_receipts(limit, now_ms() - RECEIPT_KEEP_MS, &decide)
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "applying receipts failed");
+                    0
+                }
+            };
+            if n > 0 {
+                self.events_written();
+            }
+            if usize::try_from(limit).unwrap_or(0) > n {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(250), self.wake_receipts.notified())
+                        .await;
+            }
+        }
+    }
+
+    async fn store_inbound(
+        &self,
+        channel: ChannelKind,
+        from: &str,
+        to: &str,
+        text: &str,
+        at_ms: i64,
+    ) -> MessagingResult<()> {
+        let (from, to) = match channel {
+            // Carriers give numbers without the `+` of E.164 (the TON says international).
+            ChannelKind::Sms => (e164(from), e164(to)),
+            ChannelKind::Email => (from.trim().to_owned(), to.trim().to_owned()),
+        };
+        let Some(sender) = self.store.sender_by_address(channel.as_str(), &to).await? else {
+            metrics::counter!("haven_inbound_unroutable_total", "channel" => channel.as_str())
+                .increment(1);
+            tracing::info!(%channel, "inbound message to an address no account registered; dropped");
+            return Ok(());
+        };
+        let account = sender.account_id.as_str();
+        let id = new_id(crate::model::MESSAGE_PREFIX);
+        let (contact_id, key) = self.seal_key(account, channel, &from).await?;
+        let content = serde_json::to_vec(&Content {
+            subject: None,
+            text: text.to_owned(),
+            html: None,
+        })
+        .map_err(|_| MessagingError::Vault(haven_vault::VaultError::Integrity("content")))?;
+        let now = now_ms();
+        let row = MessageRow {
+            to_ct: self
+                .seal(&key, &field(account, &id, "to"), to.as_bytes())
+                .await?,
+            from_ct: self
+                .seal(&key, &field(account, &id, "from"), from.as_bytes())
+                .await?,
+            content_ct: self
+                .seal(&key, &field(account, &id, "content"), &content)
+                .await?,
+            id: id.clone(),
+            account_id: account.to_owned(),
+            direction: Direction::Inbound.as_str().to_owned(),
+            channel: channel.as_str().to_owned(),
+            status: MessageStatus::Received.as_str().to_owned(),
+            sender_id: Some(sender.id.clone()),
+            contact_id,
+            client_ref_ct: None,
+            client_ref_bidx: None,
+            want_receipt: false,
+            parts: 1,
+            route: None,
+            error_code: None,
+            error_reason: None,
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            expires_at_ms: 0,
+            created_by: None,
+            created_at_ms: at_ms.min(now),
+            updated_at_ms: now,
+            submitted_at_ms: None,
+            final_at_ms: Some(now),
+        };
+        let event = message_event(
+            "message.inbound",
+            account,
+            &id,
+            channel.as_str(),
+            MessageStatus::Received.as_str(),
+            None,
+        );
+        self.writer.submit((row, Some(event))).await?;
+        metrics::counter!("haven_messages_inbound_total", "channel" => channel.as_str())
+            .increment(1);
+        self.events_written();
+        Ok(())
+    }
+}
+
+/// A carrier's number as E.164: digits get their `+`; alphanumeric ids stay as they are.
+fn e164(raw: &str) -> String {
+    let t = raw.trim();
+    if !t.starts_with('+') && !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        format!("+{t}")
+    } else {
+        t.to_owned()
+    }
+}
+
+#[async_trait::async_trait]
+impl InboundSink for Messaging {
+    async fn receive(&self, event: ChannelEvent) -> Result<(), SinkError> {
+        match event {
+            ChannelEvent::Receipt {
+                route,
+                provider_id,
+                state,
+                error_code,
+                at_ms,
+                ..
+            } => {
+                self.receipt_writer
+                    .submit(ReceiptRow {
+                        route,
+                        provider_id,
+                        state: receipt_state_str(state).to_owned(),
+                        error_code,
+                        at_ms,
+                        received_at_ms: now_ms(),
+                    })
+                    .await
+                    .map_err(|e| SinkError(e.to_string()))?;
+                self.wake_receipts.notify_one();
+                Ok(())
+            }
+            ChannelEvent::Inbound {
+                channel,
+                from,
+                to,
+                text,
+                at_ms,
+                ..
+            } => self
+                .store_inbound(channel, &from, &to, &text, at_ms)
+                .await
+                .map_err(|e| SinkError(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::PartRow;
+
+    fn target(states: &[(&str, Option<&str>)]) -> ReceiptTarget {
+        ReceiptTarget {
+            message_id: "msg_1".into(),
+            account_id: "acc_1".into(),
+            channel: "sms".into(),
+            status: "submitted".into(),
+            parts: states
+                .iter()
+                .enumerate()
+                .map(|(i, (s, c))| PartRow {
+                    message_id: "msg_1".into(),
+                    part_index: i as i64,
+                    route: "r".into(),
+                    provider_id: format!("p{i}"),
+                    state: (*s).into(),
+                    error_code: c.map(Into::into),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn delivered_only_when_every_part_is() {
+        assert!(decide(&target(&[("delivered", None), ("submitted", None)]), 0).is_none());
+        let c = decide(&target(&[("delivered", None), ("delivered", None)]), 0).unwrap();
+        assert_eq!(c.status, "delivered");
+        assert_eq!(c.event.event_type, "message.delivered");
+    }
+
+    #[test]
+    fn any_failed_part_fails_the_message() {
+        let c = decide(&target(&[("delivered", None), ("failed", Some("001"))]), 0).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.error_code.as_deref()),
+            ("failed", Some("001"))
+        );
+        assert!(!c.event.payload.contains("+1"), "no addresses in events");
+    }
+
+    #[test]
+    fn final_messages_do_not_change() {
+        let mut t = target(&[("delivered", None)]);
+        t.status = "delivered".into();
+        assert!(decide(&t, 0).is_none());
+    }
+
+    #[test]
+    fn numbers_get_their_plus() {
+        assert_eq!(e164("14155550100"), "+14155550100");
+        assert_eq!(e164("+14155550100"), "+14155550100");
+        assert_eq!(e164("CLINIC"), "CLINIC");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(60);
+        assert!(backoff(1, max) < Duration::from_secs(2));
+        assert!(backoff(3, max) >= Duration::from_secs(4));
+        assert!(backoff(30, max) <= max.mul_f64(1.2));
+    }
+}

@@ -1,0 +1,187 @@
+//! The messaging storage port. Message rows hold only ciphertexts for addresses and content;
+//! the rows themselves are the delivery queue (status `accepted` with a due time and a lease).
+
+use haven_platform::events::OutboxEvent;
+use haven_platform::page::PageRequest;
+use haven_platform::store::StoreResult;
+
+/// A registered sender: a number or an alphanumeric id (SMS), an address (email). Senders are
+/// the organisation's own identifiers, not PHI; they are stored in clear so that inbound
+/// messages can be routed to the account that owns the number they were sent to.
+#[derive(Debug, Clone)]
+pub struct SenderRow {
+    pub id: String,
+    pub account_id: String,
+    pub channel: String,
+    pub address: String,
+    pub created_at_ms: i64,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: String,
+    pub account_id: String,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    pub channel: String,
+    pub status: String,
+    pub sender_id: Option<String>,
+    /// The contact whose key seals the message, when the patient is a known contact.
+    pub contact_id: Option<String>,
+    pub to_ct: Vec<u8>,
+    pub from_ct: Vec<u8>,
+    pub content_ct: Vec<u8>,
+    pub client_ref_ct: Option<Vec<u8>>,
+    pub client_ref_bidx: Option<Vec<u8>>,
+    pub want_receipt: bool,
+    pub parts: i64,
+    pub route: Option<String>,
+    pub error_code: Option<String>,
+    pub error_reason: Option<String>,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// The credential that sent it (outbound).
+    pub created_by: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub submitted_at_ms: Option<i64>,
+    pub final_at_ms: Option<i64>,
+}
+
+/// What to match when listing.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub direction: Option<String>,
+    pub client_ref_bidx: Option<Vec<u8>>,
+}
+
+/// One part of a submitted message, as a carrier identified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRow {
+    pub message_id: String,
+    pub part_index: i64,
+    pub route: String,
+    pub provider_id: String,
+    /// `submitted`, or a receipt state (`delivered`, `failed`, …).
+    pub state: String,
+    pub error_code: Option<String>,
+}
+
+/// A delivery receipt as received, waiting to be matched to its part.
+#[derive(Debug, Clone)]
+pub struct ReceiptRow {
+    pub route: String,
+    pub provider_id: String,
+    pub state: String,
+    pub error_code: Option<String>,
+    pub at_ms: i64,
+    pub received_at_ms: i64,
+}
+
+/// What a send attempt came to, recorded with the event it causes.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The carrier took it: status `submitted`, parts recorded.
+    Submitted {
+        message_id: String,
+        route: String,
+        provider_ids: Vec<String>,
+        at_ms: i64,
+        event: OutboxEvent,
+    },
+    /// Not sent; try again at `next_attempt_at_ms`.
+    Retry {
+        message_id: String,
+        attempts: i64,
+        next_attempt_at_ms: i64,
+        reason: String,
+    },
+    /// A final status without parts (`rejected`, `expired`, `failed`).
+    Final {
+        message_id: String,
+        status: String,
+        error_code: Option<String>,
+        reason: Option<String>,
+        at_ms: i64,
+        event: OutboxEvent,
+    },
+}
+
+/// The core of a message a receipt decides about.
+#[derive(Debug, Clone)]
+pub struct ReceiptTarget {
+    pub message_id: String,
+    pub account_id: String,
+    pub channel: String,
+    pub status: String,
+    pub parts: Vec<PartRow>,
+}
+
+/// A change of a message's status caused by receipts.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    pub status: String,
+    pub error_code: Option<String>,
+    pub event: OutboxEvent,
+}
+
+/// Decides, from a message and the states of all its parts (receipts applied), whether its
+/// status changes. Pure domain logic, called by the store inside its transaction.
+pub type Decide = dyn Fn(&ReceiptTarget, i64) -> Option<StatusChange> + Send + Sync;
+
+#[async_trait::async_trait]
+pub trait MessageStore: Send + Sync {
+    /// `Conflict` when the address is registered already (to any account).
+    async fn insert_sender(&self, row: &SenderRow) -> StoreResult<()>;
+    async fn get_sender(&self, id: &str) -> StoreResult<Option<SenderRow>>;
+    async fn sender_by_address(
+        &self,
+        channel: &str,
+        address: &str,
+    ) -> StoreResult<Option<SenderRow>>;
+    async fn list_senders(
+        &self,
+        account_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<SenderRow>>;
+    async fn delete_sender(&self, id: &str) -> StoreResult<bool>;
+
+    /// Stores messages (and the events they cause) in one transaction: the group commit.
+    async fn insert_messages(&self, rows: &[(MessageRow, Option<OutboxEvent>)]) -> StoreResult<()>;
+    async fn get_message(&self, id: &str) -> StoreResult<Option<MessageRow>>;
+    async fn list_messages(
+        &self,
+        account_id: &str,
+        filter: &MessageFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<MessageRow>>;
+    async fn parts_of(&self, message_id: &str) -> StoreResult<Vec<PartRow>>;
+
+    /// Leases up to `limit` accepted messages that are due, until `lease_until_ms`.
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRow>>;
+    /// Records send outcomes in one transaction. Each applies only if the message is still
+    /// `accepted`.
+    async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()>;
+
+    /// Stores receipts as they arrive, in one transaction.
+    async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()>;
+    /// Matches up to `limit` stored receipts to their parts, applies them, and lets `decide`
+    /// change the message's status; all in one transaction with the message row locked.
+    /// Receipts with no part yet stay (their part may still be being recorded) until they are
+    /// older than `drop_before_ms`. Returns how many were applied.
+    async fn apply_receipts(
+        &self,
+        limit: i64,
+        drop_before_ms: i64,
+        decide: &Decide,
+    ) -> StoreResult<usize>;
+}

@@ -1,0 +1,454 @@
+//! The messaging storage, for both backends. Message rows are the delivery queue.
+
+use crate::{PgStore, SqliteStore, backend, sql};
+use haven_messaging::store::{
+    Decide, MessageFilter, MessageRow, MessageStore, Outcome, PartRow, ReceiptRow, ReceiptTarget,
+    SenderRow,
+};
+use haven_platform::events::OutboxEvent;
+use haven_platform::page::PageRequest;
+use haven_platform::store::StoreResult;
+use sqlx::Row;
+
+macro_rules! impl_message_store {
+    ($store:ty, $db:ty, $row:ty, $claim:expr, $matched:expr, $lock:expr) => {
+        impl $store {
+            fn sender_row(r: &$row) -> StoreResult<SenderRow> {
+                Ok(SenderRow {
+                    id: r.try_get("id").map_err(backend)?,
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    channel: r.try_get("channel").map_err(backend)?,
+                    address: r.try_get("address").map_err(backend)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                })
+            }
+
+            fn message_row(r: &$row) -> StoreResult<MessageRow> {
+                Ok(MessageRow {
+                    id: r.try_get("id").map_err(backend)?,
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    direction: r.try_get("direction").map_err(backend)?,
+                    channel: r.try_get("channel").map_err(backend)?,
+                    status: r.try_get("status").map_err(backend)?,
+                    sender_id: r.try_get("sender_id").map_err(backend)?,
+                    contact_id: r.try_get("contact_id").map_err(backend)?,
+                    to_ct: r.try_get("to_ct").map_err(backend)?,
+                    from_ct: r.try_get("from_ct").map_err(backend)?,
+                    content_ct: r.try_get("content_ct").map_err(backend)?,
+                    client_ref_ct: r.try_get("client_ref_ct").map_err(backend)?,
+                    client_ref_bidx: r.try_get("client_ref_bidx").map_err(backend)?,
+                    want_receipt: r.try_get("want_receipt").map_err(backend)?,
+                    parts: r.try_get("parts").map_err(backend)?,
+                    route: r.try_get("route").map_err(backend)?,
+                    error_code: r.try_get("error_code").map_err(backend)?,
+                    error_reason: r.try_get("error_reason").map_err(backend)?,
+                    attempts: r.try_get("attempts").map_err(backend)?,
+                    next_attempt_at_ms: r.try_get("next_attempt_at_ms").map_err(backend)?,
+                    expires_at_ms: r.try_get("expires_at_ms").map_err(backend)?,
+                    created_by: r.try_get("created_by").map_err(backend)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
+                    submitted_at_ms: r.try_get("submitted_at_ms").map_err(backend)?,
+                    final_at_ms: r.try_get("final_at_ms").map_err(backend)?,
+                })
+            }
+
+            fn part_row(r: &$row) -> StoreResult<PartRow> {
+                Ok(PartRow {
+                    message_id: r.try_get("message_id").map_err(backend)?,
+                    part_index: r.try_get("part_index").map_err(backend)?,
+                    route: r.try_get("route").map_err(backend)?,
+                    provider_id: r.try_get("provider_id").map_err(backend)?,
+                    state: r.try_get("state").map_err(backend)?,
+                    error_code: r.try_get("error_code").map_err(backend)?,
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl MessageStore for $store {
+            async fn insert_sender(&self, row: &SenderRow) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_SENDER)
+                    .bind(&row.id)
+                    .bind(&row.account_id)
+                    .bind(&row.channel)
+                    .bind(&row.address)
+                    .bind(row.created_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_sender(&self, id: &str) -> StoreResult<Option<SenderRow>> {
+                let row = sqlx::query(sql::GET_SENDER)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::sender_row(&r)).transpose()
+            }
+
+            async fn sender_by_address(
+                &self,
+                channel: &str,
+                address: &str,
+            ) -> StoreResult<Option<SenderRow>> {
+                let row = sqlx::query(sql::SENDER_BY_ADDRESS)
+                    .bind(channel)
+                    .bind(address)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::sender_row(&r)).transpose()
+            }
+
+            async fn list_senders(
+                &self,
+                account_id: &str,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<SenderRow>> {
+                let rows = sqlx::query(sql::LIST_SENDERS)
+                    .bind(account_id)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::sender_row).collect()
+            }
+
+            async fn delete_sender(&self, id: &str) -> StoreResult<bool> {
+                let r = sqlx::query(sql::DELETE_SENDER)
+                    .bind(id)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(r.rows_affected() > 0)
+            }
+
+            async fn insert_messages(
+                &self,
+                rows: &[(MessageRow, Option<OutboxEvent>)],
+            ) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut events = Vec::new();
+                for (m, event) in rows {
+                    sqlx::query(sql::INSERT_MESSAGE)
+                        .bind(&m.id)
+                        .bind(&m.account_id)
+                        .bind(&m.direction)
+                        .bind(&m.channel)
+                        .bind(&m.status)
+                        .bind(&m.sender_id)
+                        .bind(&m.contact_id)
+                        .bind(&m.to_ct)
+                        .bind(&m.from_ct)
+                        .bind(&m.content_ct)
+                        .bind(&m.client_ref_ct)
+                        .bind(&m.client_ref_bidx)
+                        .bind(m.want_receipt)
+                        .bind(m.parts)
+                        .bind(&m.route)
+                        .bind(&m.error_code)
+                        .bind(&m.error_reason)
+                        .bind(m.attempts)
+                        .bind(m.next_attempt_at_ms)
+                        .bind(m.expires_at_ms)
+                        .bind(&m.created_by)
+                        .bind(m.created_at_ms)
+                        .bind(m.updated_at_ms)
+                        .bind(m.submitted_at_ms)
+                        .bind(m.final_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    if let Some(e) = event {
+                        events.push(e.clone());
+                    }
+                }
+                Self::push_events(&mut tx, &events).await?;
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn get_message(&self, id: &str) -> StoreResult<Option<MessageRow>> {
+                let row = sqlx::query(sql::GET_MESSAGE)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::message_row(&r)).transpose()
+            }
+
+            async fn list_messages(
+                &self,
+                account_id: &str,
+                f: &MessageFilter,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<MessageRow>> {
+                let rows = sqlx::query(sql::LIST_MESSAGES)
+                    .bind(account_id)
+                    .bind(&f.status)
+                    .bind(&f.channel)
+                    .bind(&f.direction)
+                    .bind(&f.client_ref_bidx)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::message_row).collect()
+            }
+
+            async fn parts_of(&self, message_id: &str) -> StoreResult<Vec<PartRow>> {
+                let rows = sqlx::query(sql::PARTS_OF)
+                    .bind(message_id)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::part_row).collect()
+            }
+
+            async fn claim_due(
+                &self,
+                now_ms: i64,
+                lease_until_ms: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<MessageRow>> {
+                let rows = sqlx::query($claim)
+                    .bind(lease_until_ms)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(self.w())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::message_row).collect()
+            }
+
+            async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut events = Vec::new();
+                for o in outcomes {
+                    match o {
+                        Outcome::Submitted {
+                            message_id,
+                            route,
+                            provider_ids,
+                            at_ms,
+                            event,
+                        } => {
+                            let done = sqlx::query(sql::SUBMIT_MESSAGE)
+                                .bind(route)
+                                .bind(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX))
+                                .bind(at_ms)
+                                .bind(message_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(backend)?;
+                            if done.rows_affected() == 0 {
+                                continue;
+                            }
+                            sqlx::query(sql::DELETE_PARTS)
+                                .bind(message_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(backend)?;
+                            for (i, pid) in provider_ids.iter().enumerate() {
+                                sqlx::query(sql::INSERT_PART)
+                                    .bind(message_id)
+                                    .bind(i64::try_from(i).unwrap_or(i64::MAX))
+                                    .bind(route)
+                                    .bind(pid)
+                                    .bind(at_ms)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .map_err(backend)?;
+                            }
+                            events.push(event.clone());
+                        }
+                        Outcome::Retry {
+                            message_id,
+                            attempts,
+                            next_attempt_at_ms,
+                            reason,
+                        } => {
+                            sqlx::query(sql::RETRY_MESSAGE)
+                                .bind(attempts)
+                                .bind(next_attempt_at_ms)
+                                .bind(reason)
+                                .bind(haven_platform::clock::now_ms())
+                                .bind(message_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(backend)?;
+                        }
+                        Outcome::Final {
+                            message_id,
+                            status,
+                            error_code,
+                            reason,
+                            at_ms,
+                            event,
+                        } => {
+                            let done = sqlx::query(sql::FINAL_MESSAGE)
+                                .bind(status)
+                                .bind(error_code)
+                                .bind(reason)
+                                .bind(at_ms)
+                                .bind(message_id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(backend)?;
+                            if done.rows_affected() > 0 {
+                                events.push(event.clone());
+                            }
+                        }
+                    }
+                }
+                Self::push_events(&mut tx, &events).await?;
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                for r in rows {
+                    sqlx::query(sql::INSERT_RECEIPT)
+                        .bind(&r.route)
+                        .bind(&r.provider_id)
+                        .bind(&r.state)
+                        .bind(&r.error_code)
+                        .bind(r.at_ms)
+                        .bind(r.received_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn apply_receipts(
+                &self,
+                limit: i64,
+                drop_before_ms: i64,
+                decide: &Decide,
+            ) -> StoreResult<usize> {
+                let now = haven_platform::clock::now_ms();
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let rows = sqlx::query($matched)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                struct Matched {
+                    id: i64,
+                    state: String,
+                    error_code: Option<String>,
+                    message_id: String,
+                    route: String,
+                    provider_id: String,
+                }
+                let mut matched = rows
+                    .iter()
+                    .map(|r| {
+                        Ok(Matched {
+                            id: r.try_get("id").map_err(backend)?,
+                            state: r.try_get("state").map_err(backend)?,
+                            error_code: r.try_get("error_code").map_err(backend)?,
+                            message_id: r.try_get("message_id").map_err(backend)?,
+                            route: r.try_get("route").map_err(backend)?,
+                            provider_id: r.try_get("provider_id").map_err(backend)?,
+                        })
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                // Lock messages in one order on every node, so two reconcilers cannot deadlock.
+                matched.sort_by(|a, b| a.message_id.cmp(&b.message_id).then(a.id.cmp(&b.id)));
+                let mut events = Vec::new();
+                let mut i = 0;
+                while i < matched.len() {
+                    let mid = matched[i].message_id.clone();
+                    let mut j = i;
+                    while j < matched.len() && matched[j].message_id == mid {
+                        j += 1;
+                    }
+                    let head = sqlx::query($lock)
+                        .bind(&mid)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    for m in &matched[i..j] {
+                        sqlx::query(sql::UPDATE_PART)
+                            .bind(&m.state)
+                            .bind(&m.error_code)
+                            .bind(now)
+                            .bind(&m.route)
+                            .bind(&m.provider_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                        sqlx::query(sql::DELETE_RECEIPT)
+                            .bind(m.id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                    }
+                    if let Some(h) = head {
+                        let parts = sqlx::query(sql::PARTS_OF)
+                            .bind(&mid)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(backend)?
+                            .iter()
+                            .map(Self::part_row)
+                            .collect::<StoreResult<Vec<_>>>()?;
+                        let target = ReceiptTarget {
+                            message_id: mid.clone(),
+                            account_id: h.try_get("account_id").map_err(backend)?,
+                            channel: h.try_get("channel").map_err(backend)?,
+                            status: h.try_get("status").map_err(backend)?,
+                            parts,
+                        };
+                        if let Some(change) = decide(&target, now) {
+                            let done = sqlx::query(sql::RECEIPT_STATUS)
+                                .bind(&change.status)
+                                .bind(&change.error_code)
+                                .bind(now)
+                                .bind(&mid)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(backend)?;
+                            if done.rows_affected() > 0 {
+                                events.push(change.event);
+                            }
+                        }
+                    }
+                    i = j;
+                }
+                Self::push_events(&mut tx, &events).await?;
+                sqlx::query(sql::PURGE_RECEIPTS)
+                    .bind(drop_before_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(matched.len())
+            }
+        }
+    };
+}
+
+impl_message_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    sql::CLAIM_MESSAGES_SQLITE,
+    sql::MATCHED_RECEIPTS_SQLITE,
+    sql::LOCK_MESSAGE_SQLITE
+);
+impl_message_store!(
+    PgStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    sql::CLAIM_MESSAGES_PG,
+    sql::MATCHED_RECEIPTS_PG,
+    sql::LOCK_MESSAGE_PG
+);
