@@ -117,6 +117,8 @@ pub(crate) fn field<'a>(account_id: &'a str, id: &'a str, column: &'static str) 
 }
 
 type EventHook = Arc<dyn Fn() + Send + Sync>;
+/// (channel, address) → its owner (or none) and when that was read.
+type SenderCache = HashMap<(String, String), (Option<SenderRow>, std::time::Instant)>;
 
 pub struct Messaging {
     pub(crate) store: Arc<dyn MessageStore>,
@@ -132,7 +134,13 @@ pub struct Messaging {
     pub(crate) wake_sender: Notify,
     pub(crate) wake_receipts: Notify,
     event_hook: RwLock<Option<EventHook>>,
+    /// Who owns an address, as last read: (channel, address) → owner and when read.
+    sender_cache: std::sync::Mutex<SenderCache>,
 }
+
+/// How long a node trusts what it read about an address's owner. A sender removed on another
+/// node stops working here within this time (on this node, at once).
+pub const SENDER_CACHE_TTL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Messaging {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +191,7 @@ impl Messaging {
             wake_sender: Notify::new(),
             wake_receipts: Notify::new(),
             event_hook: RwLock::new(None),
+            sender_cache: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -237,6 +246,36 @@ impl Messaging {
 
     // ---------------------------------------------------------------- senders --
 
+    /// The owner of an address, through a short per-node cache (every send and every inbound
+    /// message asks).
+    pub(crate) async fn sender_of(
+        &self,
+        channel: ChannelKind,
+        address: &str,
+    ) -> MessagingResult<Option<SenderRow>> {
+        let key = (channel.as_str().to_owned(), address.to_owned());
+        if let Ok(cache) = self.sender_cache.lock()
+            && let Some((row, at)) = cache.get(&key)
+            && at.elapsed() < SENDER_CACHE_TTL
+        {
+            return Ok(row.clone());
+        }
+        let row = self.store.sender_by_address(&key.0, &key.1).await?;
+        if let Ok(mut cache) = self.sender_cache.lock() {
+            if cache.len() > 50_000 {
+                cache.clear();
+            }
+            cache.insert(key, (row.clone(), std::time::Instant::now()));
+        }
+        Ok(row)
+    }
+
+    fn forget_sender(&self, channel: &str, address: &str) {
+        if let Ok(mut cache) = self.sender_cache.lock() {
+            cache.remove(&(channel.to_owned(), address.to_owned()));
+        }
+    }
+
     fn sender_view(row: &SenderRow) -> MessagingResult<Sender> {
         Ok(Sender {
             id: row.id.clone(),
@@ -277,6 +316,7 @@ impl Messaging {
             Err(StoreError::Conflict) => return Err(MessagingError::SenderTaken),
             other => other?,
         }
+        self.forget_sender(&row.channel, &row.address);
         self.audit(
             p,
             meta,
@@ -333,6 +373,7 @@ impl Messaging {
         p.require(SENDERS_WRITE)?;
         let row = self.owned_sender(p, id).await?;
         self.store.delete_sender(&row.id).await?;
+        self.forget_sender(&row.channel, &row.address);
         self.audit(
             p,
             meta,
@@ -417,11 +458,7 @@ impl Messaging {
         if self.channel(v.channel).is_none() {
             return Err(MessagingError::ChannelUnavailable(v.channel));
         }
-        let sender = match self
-            .store
-            .sender_by_address(v.channel.as_str(), &v.from)
-            .await?
-        {
+        let sender = match self.sender_of(v.channel, &v.from).await? {
             Some(s) if s.account_id == p.account_id => s,
             _ => return Err(MessagingError::SenderNotRegistered),
         };

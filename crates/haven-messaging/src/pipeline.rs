@@ -318,7 +318,7 @@ impl Messaging {
             ChannelKind::Sms => (e164(from), e164(to)),
             ChannelKind::Email => (from.trim().to_owned(), to.trim().to_owned()),
         };
-        let Some(sender) = self.store.sender_by_address(channel.as_str(), &to).await? else {
+        let Some(sender) = self.sender_of(channel, &to).await? else {
             metrics::counter!("haven_inbound_unroutable_total", "channel" => channel.as_str())
                 .increment(1);
             tracing::info!(%channel, "inbound message to an address no account registered; dropped");
