@@ -115,6 +115,8 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(messages::get_message))
         .routes(routes!(messages::create_sender, messages::list_senders))
         .routes(routes!(messages::get_sender, messages::delete_sender))
+        .routes(routes!(messages::record_consent))
+        .routes(routes!(messages::search_consents))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(
             webhooks::get_endpoint,

@@ -73,6 +73,10 @@ catalogue! {
         "This address is registered already, to this or another account. A number or address belongs to one account, so that replies reach the right department."),
     ChannelUnavailable => ("channel-unavailable", StatusCode::UNPROCESSABLE_ENTITY, "Channel not configured",
         "The server has no carrier connection for this channel (for SMS an `[[sms.smsc]]`, for email an `[email.smtp]` relay). The operator configures them; see docs/configuration.md."),
+    RecipientOptedOut => ("recipient-opted-out", StatusCode::UNPROCESSABLE_ENTITY, "Recipient opted out",
+        "The recipient opted out of messages from this account on this channel (by replying STOP, or as recorded through `POST /v1/consents`). Nothing was sent and nothing is charged. The recipient can opt in again by replying START."),
+    ConsentRequired => ("consent-required", StatusCode::UNPROCESSABLE_ENTITY, "Consent required",
+        "Marketing messages need the recipient's recorded opt-in for marketing on this channel (`POST /v1/consents`). Nothing was sent and nothing is charged."),
     RateLimited => ("rate-limited", StatusCode::TOO_MANY_REQUESTS, "Rate limited",
         "The account sent more messages than its rate allows. Nothing in this request was accepted; retry after the number of seconds in `Retry-After`."),
     IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
@@ -326,6 +330,14 @@ impl From<MessagingError> for Problem {
             MessagingError::ChannelUnavailable(kind) => Problem::new(
                 ProblemType::ChannelUnavailable,
                 format!("No {kind} channel is configured on this server."),
+            ),
+            MessagingError::OptedOut => Problem::new(
+                ProblemType::RecipientOptedOut,
+                "The recipient opted out; nothing was sent.",
+            ),
+            MessagingError::ConsentRequired => Problem::new(
+                ProblemType::ConsentRequired,
+                "Marketing needs the recipient's recorded opt-in; nothing was sent.",
             ),
             MessagingError::RateLimited { retry_after } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

@@ -11,12 +11,14 @@
 //!   carrier is acknowledged, matched to their message by a reconciler.
 
 pub mod batch;
+pub mod consent;
 pub mod limiter;
 pub mod model;
 pub mod pipeline;
 pub mod store;
 
 use batch::Batcher;
+pub use consent::{Consent, ConsentRequest, KeywordSettings, Purpose};
 use haven_channel::{Channel, ChannelKind};
 use haven_contacts::{AddressKind, Contacts, ContactsError};
 use haven_identity::{FieldError, IdentityError, Principal, RequestMeta, Right, Scope};
@@ -56,6 +58,10 @@ pub enum MessagingError {
     SenderTaken,
     #[error("no {0} channel is configured on this server")]
     ChannelUnavailable(ChannelKind),
+    #[error("the recipient opted out")]
+    OptedOut,
+    #[error("marketing needs the recipient's recorded opt-in")]
+    ConsentRequired,
     #[error("over the account's send rate")]
     RateLimited { retry_after: Duration },
     #[error(transparent)]
@@ -85,6 +91,8 @@ pub struct MessagingSettings {
     pub retry_max: Duration,
     /// How often to look for due messages written by other nodes.
     pub poll: Duration,
+    /// Inbound keywords (STOP, START, HELP) and their answers.
+    pub keywords: KeywordSettings,
 }
 
 impl Default for MessagingSettings {
@@ -97,6 +105,7 @@ impl Default for MessagingSettings {
             batch_max: 512,
             retry_max: Duration::from_secs(60),
             poll: Duration::from_millis(500),
+            keywords: KeywordSettings::default(),
         }
     }
 }
@@ -124,7 +133,8 @@ pub struct Messaging {
     pub(crate) store: Arc<dyn MessageStore>,
     pub(crate) vault: Arc<Vault>,
     pub(crate) contacts: Arc<Contacts>,
-    audit: Arc<dyn AuditSink>,
+    pub(crate) audit: Arc<dyn AuditSink>,
+    pub(crate) keywords: KeywordSettings,
     pub(crate) settings: MessagingSettings,
     channels: RwLock<HashMap<ChannelKind, Arc<dyn Channel>>>,
     limiter: RateLimiter,
@@ -179,6 +189,7 @@ impl Messaging {
         });
         Arc::new(Self {
             limiter: RateLimiter::new(settings.rate_per_second, settings.burst),
+            keywords: settings.keywords.clone(),
             store,
             vault,
             contacts,
@@ -462,11 +473,15 @@ impl Messaging {
             Some(s) if s.account_id == p.account_id => s,
             _ => return Err(MessagingError::SenderNotRegistered),
         };
+        self.check_consent(&p.account_id, v.channel, &v.to, v.purpose)
+            .await?;
         if let Err(retry_after) = self.limiter.check(&p.account_id) {
             metrics::counter!("haven_messages_rate_limited_total").increment(1);
             return Err(MessagingError::RateLimited { retry_after });
         }
-        let mut row = self.sealed_row(p, &v).await?;
+        let mut row = self
+            .sealed_row(&p.account_id, Some(p.credential_id.clone()), &v)
+            .await?;
         row.sender_id = Some(sender.id);
         self.writer.submit((row.clone(), None)).await?;
         metrics::counter!("haven_messages_accepted_total", "channel" => v.channel.as_str())
@@ -498,9 +513,13 @@ impl Messaging {
         })
     }
 
-    async fn sealed_row(&self, p: &Principal, v: &ValidSend) -> MessagingResult<MessageRow> {
+    pub(crate) async fn sealed_row(
+        &self,
+        account: &str,
+        created_by: Option<String>,
+        v: &ValidSend,
+    ) -> MessagingResult<MessageRow> {
         let id = new_id(model::MESSAGE_PREFIX);
-        let account = p.account_id.as_str();
         let (contact_id, key) = self.seal_key(account, v.channel, &v.to).await?;
         let content = serde_json::to_vec(&v.content)
             .map_err(|_| MessagingError::Vault(VaultError::Integrity("content")))?;
@@ -528,7 +547,7 @@ impl Messaging {
                 .seal(&key, &field(account, &id, "content"), &content)
                 .await?,
             id,
-            account_id: p.account_id.clone(),
+            account_id: account.to_owned(),
             direction: Direction::Outbound.as_str().to_owned(),
             channel: v.channel.as_str().to_owned(),
             status: MessageStatus::Accepted.as_str().to_owned(),
@@ -544,7 +563,7 @@ impl Messaging {
             attempts: 0,
             next_attempt_at_ms: now,
             expires_at_ms: now.saturating_add(ttl_ms),
-            created_by: Some(p.credential_id.clone()),
+            created_by,
             created_at_ms: now,
             updated_at_ms: now,
             submitted_at_ms: None,

@@ -119,6 +119,8 @@ pub struct SendRequest {
     pub client_ref: Option<String>,
     pub ttl_seconds: Option<u64>,
     pub receipt: Option<bool>,
+    /// `transactional` (default) or `marketing`.
+    pub purpose: Option<String>,
 }
 
 /// A send request that passed every rule: addresses normalized.
@@ -131,6 +133,7 @@ pub struct ValidSend {
     pub client_ref: Option<String>,
     pub ttl_seconds: u64,
     pub receipt: bool,
+    pub purpose: crate::consent::Purpose,
 }
 
 impl std::fmt::Debug for ValidSend {
@@ -274,10 +277,21 @@ pub fn validate_send(req: SendRequest) -> Result<ValidSend, Vec<FieldError>> {
             format!("must be between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS}"),
         ));
     }
+    let purpose = match req.purpose.as_deref() {
+        None => crate::consent::Purpose::Transactional,
+        Some(p) => crate::consent::Purpose::parse(p).unwrap_or_else(|| {
+            errors.push(FieldError::new(
+                "purpose",
+                "must be transactional or marketing",
+            ));
+            crate::consent::Purpose::Transactional
+        }),
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(ValidSend {
+        purpose,
         channel: kind,
         to,
         from,

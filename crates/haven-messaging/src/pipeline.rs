@@ -379,6 +379,10 @@ impl Messaging {
         metrics::counter!("haven_messages_inbound_total", "channel" => channel.as_str())
             .increment(1);
         self.events_written();
+        if let Some(word) = crate::consent::keyword(text, &self.keywords) {
+            self.on_keyword(account, channel, &to, &from, word, &id)
+                .await?;
+        }
         Ok(())
     }
 }

@@ -133,8 +133,35 @@ pub struct StatusChange {
 /// status changes. Pure domain logic, called by the store inside its transaction.
 pub type Decide = dyn Fn(&ReceiptTarget, i64) -> Option<StatusChange> + Send + Sync;
 
+/// A consent record: for one recipient address (as a blind index), channel and purpose.
+#[derive(Debug, Clone)]
+pub struct ConsentRow {
+    pub account_id: String,
+    pub channel: String,
+    pub address_bidx: Vec<u8>,
+    /// `transactional` or `marketing`.
+    pub purpose: String,
+    /// `opted_in` or `opted_out`.
+    pub status: String,
+    /// `keyword`, `api`, `web_form`, `paper`, `verbal`.
+    pub method: String,
+    pub source: Option<String>,
+    pub updated_at_ms: i64,
+}
+
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync {
+    /// Records consent (and the events it causes) in one transaction; the newest record per
+    /// purpose wins.
+    async fn upsert_consents(&self, rows: &[ConsentRow], events: &[OutboxEvent])
+    -> StoreResult<()>;
+    async fn consents_for(
+        &self,
+        account_id: &str,
+        channel: &str,
+        address_bidx: &[u8],
+    ) -> StoreResult<Vec<ConsentRow>>;
+
     /// `Conflict` when the address is registered already (to any account).
     async fn insert_sender(&self, row: &SenderRow) -> StoreResult<()>;
     async fn get_sender(&self, id: &str) -> StoreResult<Option<SenderRow>>;

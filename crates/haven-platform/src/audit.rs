@@ -39,6 +39,7 @@ pub enum AuditAction {
     SenderRemoved,
     MessageSent,
     MessageRead,
+    ConsentRecorded,
 }
 
 impl AuditAction {
@@ -74,6 +75,7 @@ impl AuditAction {
             Self::SenderRemoved => "sender.removed",
             Self::MessageSent => "message.sent",
             Self::MessageRead => "message.read",
+            Self::ConsentRecorded => "consent.recorded",
         }
     }
 }

@@ -119,6 +119,22 @@ pub struct MessagesConfig {
     pub concurrency: usize,
     /// Longest wait between two tries of a message no carrier could take.
     pub retry_max_seconds: u64,
+    /// Inbound keywords (whole messages, any case) that opt the sender out of everything from
+    /// the account on that channel; unset: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT,
+    /// OPTOUT, ARRET, ARRÊT, BAJA, ALTO.
+    #[serde(default, deserialize_with = "opt_string_list")]
+    pub stop_keywords: Option<Vec<String>>,
+    /// Keywords that lift an opt-out (not a marketing opt-in); unset: START, UNSTOP,
+    /// SUBSCRIBE, DEMARRER, ALTA.
+    #[serde(default, deserialize_with = "opt_string_list")]
+    pub start_keywords: Option<Vec<String>>,
+    /// Keywords answered with `help_reply`; unset: HELP, INFO, AIDE, AYUDA.
+    #[serde(default, deserialize_with = "opt_string_list")]
+    pub help_keywords: Option<Vec<String>>,
+    /// The automatic answers, sent from the number the patient wrote to (empty: no answer).
+    pub stop_reply: Option<String>,
+    pub start_reply: Option<String>,
+    pub help_reply: Option<String>,
 }
 
 impl Default for MessagesConfig {
@@ -129,6 +145,12 @@ impl Default for MessagesConfig {
             lease_seconds: 30,
             concurrency: 256,
             retry_max_seconds: 60,
+            stop_keywords: None,
+            start_keywords: None,
+            help_keywords: None,
+            stop_reply: None,
+            start_reply: None,
+            help_reply: None,
         }
     }
 }
@@ -1039,6 +1061,10 @@ fn clean(msg: &str) -> String {
         .find(|l| !l.is_empty())
         .unwrap_or(msg)
         .to_owned()
+}
+
+fn opt_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    string_list(d).map(Some)
 }
 
 /// Accepts `["a", "b"]` or `"a,b"` (the environment form).

@@ -22,6 +22,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "message.expired",
     "message.rejected",
     "message.inbound",
+    "consent.changed",
 ];
 
 #[derive(Debug, Clone)]

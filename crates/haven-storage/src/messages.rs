@@ -2,8 +2,8 @@
 
 use crate::{PgStore, SqliteStore, backend, sql};
 use haven_messaging::store::{
-    Decide, MessageFilter, MessageRow, MessageStore, Outcome, PartRow, ReceiptRow, ReceiptTarget,
-    SenderRow,
+    ConsentRow, Decide, MessageFilter, MessageRow, MessageStore, Outcome, PartRow, ReceiptRow,
+    ReceiptTarget, SenderRow,
 };
 use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
@@ -67,6 +67,59 @@ macro_rules! impl_message_store {
 
         #[async_trait::async_trait]
         impl MessageStore for $store {
+            async fn upsert_consents(
+                &self,
+                rows: &[ConsentRow],
+                events: &[OutboxEvent],
+            ) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                for c in rows {
+                    sqlx::query(sql::UPSERT_CONSENT)
+                        .bind(&c.account_id)
+                        .bind(&c.channel)
+                        .bind(&c.address_bidx)
+                        .bind(&c.purpose)
+                        .bind(&c.status)
+                        .bind(&c.method)
+                        .bind(&c.source)
+                        .bind(c.updated_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                Self::push_events(&mut tx, events).await?;
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn consents_for(
+                &self,
+                account_id: &str,
+                channel: &str,
+                address_bidx: &[u8],
+            ) -> StoreResult<Vec<ConsentRow>> {
+                let rows = sqlx::query(sql::CONSENTS_FOR)
+                    .bind(account_id)
+                    .bind(channel)
+                    .bind(address_bidx)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(ConsentRow {
+                            account_id: r.try_get("account_id").map_err(backend)?,
+                            channel: r.try_get("channel").map_err(backend)?,
+                            address_bidx: r.try_get("address_bidx").map_err(backend)?,
+                            purpose: r.try_get("purpose").map_err(backend)?,
+                            status: r.try_get("status").map_err(backend)?,
+                            method: r.try_get("method").map_err(backend)?,
+                            source: r.try_get("source").map_err(backend)?,
+                            updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn insert_sender(&self, row: &SenderRow) -> StoreResult<()> {
                 sqlx::query(sql::INSERT_SENDER)
                     .bind(&row.id)

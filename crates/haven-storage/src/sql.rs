@@ -284,6 +284,12 @@ pub const RECEIPT_STATUS: &str = "UPDATE messages SET status = $1, error_code = 
      WHERE id = $4 AND status = 'submitted'";
 pub const PURGE_RECEIPTS: &str = "DELETE FROM channel_receipts WHERE received_at_ms < $1";
 
+pub const UPSERT_CONSENT: &str = "INSERT INTO consents (account_id, channel, address_bidx, purpose, status, method, source, updated_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account_id, channel, address_bidx, purpose) DO UPDATE SET \
+     status = excluded.status, method = excluded.method, source = excluded.source, updated_at_ms = excluded.updated_at_ms";
+pub const CONSENTS_FOR: &str = "SELECT account_id, channel, address_bidx, purpose, status, method, source, updated_at_ms \
+     FROM consents WHERE account_id = $1 AND channel = $2 AND address_bidx = $3 ORDER BY purpose";
+
 #[cfg(test)]
 pub const ALL: &[&str] = &[
     BOOTSTRAP_ROOT,
@@ -378,6 +384,8 @@ pub const ALL: &[&str] = &[
     DELETE_RECEIPT,
     RECEIPT_STATUS,
     PURGE_RECEIPTS,
+    UPSERT_CONSENT,
+    CONSENTS_FOR,
 ];
 
 #[cfg(test)]

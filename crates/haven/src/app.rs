@@ -202,6 +202,28 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
             lease: std::time::Duration::from_secs(m.lease_seconds),
             concurrency: m.concurrency,
             retry_max: std::time::Duration::from_secs(m.retry_max_seconds),
+            keywords: {
+                let mut k = haven_messaging::KeywordSettings::default();
+                if let Some(v) = &m.stop_keywords {
+                    k.stop = v.clone();
+                }
+                if let Some(v) = &m.start_keywords {
+                    k.start = v.clone();
+                }
+                if let Some(v) = &m.help_keywords {
+                    k.help = v.clone();
+                }
+                if let Some(v) = &m.stop_reply {
+                    k.stop_reply = v.clone();
+                }
+                if let Some(v) = &m.start_reply {
+                    k.start_reply = v.clone();
+                }
+                if let Some(v) = &m.help_reply {
+                    k.help_reply = v.clone();
+                }
+                k
+            },
             ..Default::default()
         },
     );

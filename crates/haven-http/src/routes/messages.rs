@@ -124,6 +124,10 @@ pub struct SendMessage {
     pub ttl_seconds: Option<u64>,
     /// Ask the carrier for a delivery receipt (SMS; default true).
     pub receipt: Option<bool>,
+    /// `transactional` (default: reminders, codes, results; sent unless the recipient opted
+    /// out) or `marketing` (needs the recipient's recorded opt-in).
+    #[schema(example = "transactional")]
+    pub purpose: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -168,6 +172,7 @@ pub async fn send_message(
         client_ref: b.client_ref,
         ttl_seconds: b.ttl_seconds,
         receipt: b.receipt,
+        purpose: b.purpose,
     };
     let meta = auth.meta();
     idempotency::once(
@@ -343,4 +348,121 @@ pub async fn delete_sender(
         .delete_sender(&auth.principal, &auth.meta(), &id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentView {
+    #[schema(example = "sms")]
+    pub channel: &'static str,
+    /// `transactional` or `marketing`.
+    #[schema(example = "marketing")]
+    pub purpose: &'static str,
+    /// `opted_in` or `opted_out`.
+    #[schema(example = "opted_in")]
+    pub status: &'static str,
+    /// How it was given: `api`, `web_form`, `paper`, `verbal`, `import`, or `keyword` (a STOP
+    /// or START reply).
+    pub method: String,
+    /// Where it came from (a form version, a document reference); for keywords, the inbound
+    /// message.
+    pub source: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentList {
+    pub items: Vec<ConsentView>,
+}
+
+fn consent_list(items: Vec<haven_messaging::Consent>) -> ConsentList {
+    ConsentList {
+        items: items
+            .into_iter()
+            .map(|c| ConsentView {
+                channel: c.channel.as_str(),
+                purpose: c.purpose.as_str(),
+                status: if c.opted_in { "opted_in" } else { "opted_out" },
+                method: c.method,
+                source: c.source,
+                updated_at: haven_platform::clock::to_rfc3339(c.updated_at_ms),
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConsent {
+    /// `sms` or `email`.
+    #[schema(example = "sms")]
+    pub channel: String,
+    /// The recipient: E.164 for SMS, an address for email. Stored only as a keyed blind index.
+    #[schema(example = "+14155550100")]
+    pub address: String,
+    /// `transactional` or `marketing`.
+    #[schema(example = "marketing")]
+    pub purpose: String,
+    /// `opted_in` or `opted_out`.
+    #[schema(example = "opted_in")]
+    pub status: String,
+    /// `api` (default), `web_form`, `paper`, `verbal`, `import`.
+    pub method: Option<String>,
+    /// One line, up to 200 characters, without PHI: where the consent was given.
+    #[schema(example = "patient portal sign-up form v3")]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConsents {
+    #[schema(example = "sms")]
+    pub channel: String,
+    #[schema(example = "+14155550100")]
+    pub address: String,
+}
+
+/// Record a recipient's opt-in or opt-out for a purpose. Returns every record of the address
+/// on that channel.
+#[utoipa::path(post, path = "/v1/consents", tag = "messages", request_body = RecordConsent,
+    responses((status = 200, description = "Recorded", body = ConsentList), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 403, description = "Needs messages:write", body = ProblemBody),
+        (status = 422, description = "Valid JSON that breaks a rule", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn record_consent(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    body: ApiJson<RecordConsent>,
+) -> Result<Json<ConsentList>, Problem> {
+    let b = body.value;
+    let req = haven_messaging::ConsentRequest {
+        channel: b.channel,
+        address: b.address,
+        purpose: b.purpose,
+        status: b.status,
+        method: b.method,
+        source: b.source,
+    };
+    Ok(Json(consent_list(
+        st.messaging
+            .record_consent(&auth.principal, &auth.meta(), req)
+            .await?,
+    )))
+}
+
+/// The consent records of one address (looked up in the body, so the address stays out of
+/// URLs and logs).
+#[utoipa::path(post, path = "/v1/consents/search", tag = "messages", request_body = SearchConsents,
+    responses((status = 200, description = "OK", body = ConsentList), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 403, description = "Needs messages:read", body = ProblemBody),
+        (status = 422, description = "Valid JSON that breaks a rule", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn search_consents(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    body: ApiJson<SearchConsents>,
+) -> Result<Json<ConsentList>, Problem> {
+    let b = body.value;
+    Ok(Json(consent_list(
+        st.messaging
+            .consents(&auth.principal, &b.channel, &b.address)
+            .await?,
+    )))
 }

@@ -18,6 +18,7 @@ both_backends!(
     email_goes_through_a_starttls_relay,
     every_accepted_sms_arrives_through_crashes_and_outages,
     senders_scopes_and_rate_limits,
+    consent_keywords_and_opt_outs,
 );
 
 /// A server whose configuration file holds `toml`; the file lives as long as the guard.
@@ -618,6 +619,125 @@ async fn senders_scopes_and_rate_limits(backend: Backend) {
         s.admin(Method::POST, "/v1/messages").json(&body),
         422,
         "sender-not-registered",
+    )
+    .await;
+}
+
+/// Waits until the SMSC has received a message to `to` whose text contains `needle`.
+async fn smsc_got(smsc: &Smsc, to: &str, needle: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = smsc.messages().await;
+        if let Some(m) = got.iter().find(|m| {
+            m["to"].as_str().unwrap_or("").ends_with(to)
+                && m["text"].as_str().unwrap_or("").contains(needle)
+        }) {
+            return m.clone();
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} to {to}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn consent_keywords_and_opt_outs(backend: Backend) {
+    let smsc = Smsc::start();
+    let r = Receiver::start();
+    let (s, _cfg) = start(
+        backend,
+        &format!(
+            "[messages]\nhelp_reply = \"Cardiology: call 555-0100. Reply STOP to opt out.\"\n\n{}",
+            smsc.config("primary")
+        ),
+        &[],
+    )
+    .await;
+    let (_, secret) = endpoint(&s, &r.url(), json!(["consent.*"])).await;
+    r.set("secrets", &secret);
+    register(&s, "sms", "+14155550199").await;
+    smsc.wait_bound().await;
+    let sms = |to: &str, purpose: &str| {
+        json!({ "channel": "sms", "to": to, "from": "+14155550199",
+                "text": "Flu shots are available", "purpose": purpose })
+    };
+    // Transactional goes by default; marketing needs a recorded opt-in.
+    post_message(&s, sms("+14155550100", "transactional")).await;
+    expect_problem(
+        s.admin(Method::POST, "/v1/messages")
+            .json(&sms("+14155550101", "marketing")),
+        422,
+        "consent-required",
+    )
+    .await;
+    let (st, rec) = send(s.admin(Method::POST, "/v1/consents").json(&json!({
+        "channel": "sms", "address": "+1 415 555 0101", "purpose": "marketing",
+        "status": "opted_in", "method": "web_form", "source": "portal sign-up v3" })))
+    .await;
+    assert_eq!(st, 200, "{rec}");
+    assert_eq!(rec["items"][0]["status"], "opted_in", "{rec}");
+    post_message(&s, sms("+14155550101", "marketing")).await;
+
+    // STOP from the patient: opted out of everything, answered, and refused from then on.
+    let ack = smsc.mo("+14155550100", "+14155550199", "Stop").await;
+    assert_eq!(ack["statuses"], json!([0]), "{ack}");
+    smsc_got(&smsc, "14155550100", "unsubscribed").await;
+    let refused = expect_problem(
+        s.admin(Method::POST, "/v1/messages")
+            .json(&sms("+14155550100", "transactional")),
+        422,
+        "recipient-opted-out",
+    )
+    .await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| !d.contains("4155550100"))
+    );
+    let (_, list) = send(s.admin(Method::POST, "/v1/consents/search").json(&json!({
+        "channel": "sms", "address": "+14155550100" })))
+    .await;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 2, "{list}");
+    assert!(
+        items
+            .iter()
+            .all(|c| c["status"] == "opted_out" && c["method"] == "keyword"),
+        "{list}"
+    );
+    // Another department's consent records are its own.
+    let sub = crate::common::create_subaccount(&s, "Oncology").await;
+    let (kid, ks) = create_key(&s, &sub, &["messages:read"]).await;
+    let (_, theirs) = send(
+        s.as_key(Method::POST, "/v1/consents/search", &kid, &ks)
+            .json(&json!({ "channel": "sms", "address": "+14155550100" })),
+    )
+    .await;
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
+
+    // HELP is answered with the configured text; START lifts the opt-out.
+    smsc.mo("+14155550100", "+14155550199", "help").await;
+    smsc_got(&smsc, "14155550100", "call 555-0100").await;
+    smsc.mo("+14155550100", "+14155550199", "START").await;
+    smsc_got(&smsc, "14155550100", "subscribed again").await;
+    post_message(&s, sms("+14155550100", "transactional")).await;
+    // ...but not marketing, which still needs its own opt-in.
+    expect_problem(
+        s.admin(Method::POST, "/v1/messages")
+            .json(&sms("+14155550100", "marketing")),
+        422,
+        "recipient-opted-out",
+    )
+    .await;
+    let log = r
+        .wait_for("consent events", 30, |log| accepted(log).len() >= 4)
+        .await;
+    assert!(log.iter().all(|l| l["verified"] == true), "{log:?}");
+    let text = serde_json::to_string(&log).unwrap_or_default();
+    assert!(!text.contains("4155550100"), "no numbers in events");
+    expect_problem(
+        s.admin(Method::POST, "/v1/consents").json(&json!({
+            "channel": "sms", "address": "+14155550100", "purpose": "spam", "status": "maybe" })),
+        422,
+        "validation-failed",
     )
     .await;
 }
