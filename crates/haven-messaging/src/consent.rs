@@ -2,7 +2,6 @@
 //! every send, and the inbound keywords (STOP, START, HELP and their translations) that change
 //! them and are answered automatically.
 
-use crate::model::{Direction, MessageStatus};
 use crate::store::ConsentRow;
 use crate::{Messaging, MessagingError, MessagingResult};
 use haven_channel::ChannelKind;
@@ -387,8 +386,6 @@ impl Messaging {
             purpose: Purpose::Transactional,
         };
         let row = self.sealed_row(account_id, None, &v).await?;
-        debug_assert_eq!(row.direction, Direction::Outbound.as_str());
-        debug_assert_eq!(row.status, MessageStatus::Accepted.as_str());
         self.writer.submit((row, None)).await?;
         self.wake_sender.notify_one();
         Ok(())

@@ -217,11 +217,6 @@ impl Messaging {
         map.get(&kind).cloned()
     }
 
-    pub fn channels(&self) -> Vec<Arc<dyn Channel>> {
-        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
-        map.values().cloned().collect()
-    }
-
     /// Called after events are written, so this node's webhook worker wakes at once.
     pub fn on_events(&self, hook: EventHook) {
         *self.event_hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
@@ -571,6 +566,31 @@ impl Messaging {
         })
     }
 
+    /// A stored message's addresses and content, opened; `None` when the patient was erased.
+    pub(crate) async fn open_row(
+        &self,
+        row: &MessageRow,
+    ) -> MessagingResult<Option<(String, String, Content)>> {
+        let Some(key) = self.key_of(row).await? else {
+            return Ok(None);
+        };
+        let a = row.account_id.as_str();
+        let to = text(
+            self.open(&key, &field(a, &row.id, "to"), &row.to_ct)
+                .await?,
+        )?;
+        let from = text(
+            self.open(&key, &field(a, &row.id, "from"), &row.from_ct)
+                .await?,
+        )?;
+        let raw = self
+            .open(&key, &field(a, &row.id, "content"), &row.content_ct)
+            .await?;
+        let content: Content = serde_json::from_slice(&raw)
+            .map_err(|_| MessagingError::Vault(VaultError::Integrity("content")))?;
+        Ok(Some((to, from, content)))
+    }
+
     /// A stored message opened for its account.
     pub(crate) async fn view(&self, row: &MessageRow) -> MessagingResult<Message> {
         let bad = || StoreError::Backend("stored message is not readable".into());
@@ -578,21 +598,10 @@ impl Messaging {
         let direction = Direction::parse(&row.direction).ok_or_else(bad)?;
         let status = MessageStatus::parse(&row.status).ok_or_else(bad)?;
         let a = row.account_id.as_str();
-        let key = self.key_of(row).await?;
-        let (to, from, content) = match &key {
-            Some(k) => {
-                let to = text(self.open(k, &field(a, &row.id, "to"), &row.to_ct).await?)?;
-                let from = text(
-                    self.open(k, &field(a, &row.id, "from"), &row.from_ct)
-                        .await?,
-                )?;
-                let raw = self
-                    .open(k, &field(a, &row.id, "content"), &row.content_ct)
-                    .await?;
-                let content: Content = serde_json::from_slice(&raw)
-                    .map_err(|_| MessagingError::Vault(VaultError::Integrity("content")))?;
-                (Some(to), Some(from), Some(content))
-            }
+        let opened = self.open_row(row).await?;
+        let erased = opened.is_none();
+        let (to, from, content) = match opened {
+            Some((to, from, content)) => (Some(to), Some(from), Some(content)),
             None => (None, None, None),
         };
         let client_ref = match &row.client_ref_ct {
@@ -614,7 +623,7 @@ impl Messaging {
             content,
             client_ref,
             contact_id: row.contact_id.clone(),
-            erased: key.is_none(),
+            erased,
             parts: row.parts,
             attempts: row.attempts,
             error_code: row.error_code.clone(),

@@ -2,7 +2,7 @@
 
 use crate::model::{Content, Direction, MessageStatus};
 use crate::store::{Outcome, ReceiptRow, ReceiptTarget, StatusChange};
-use crate::{MessageRow, Messaging, MessagingError, MessagingResult, field, message_event, text};
+use crate::{MessageRow, Messaging, MessagingError, MessagingResult, field, message_event};
 use haven_channel::{
     ChannelEvent, ChannelKind, InboundSink, Outbound, ReceiptState, SendError, SinkError,
 };
@@ -78,23 +78,9 @@ fn ms(d: Duration) -> i64 {
 impl Messaging {
     /// Opens a queued message into what its channel needs.
     async fn outbound(&self, row: &MessageRow) -> MessagingResult<Option<Outbound>> {
-        let Some(key) = self.key_of(row).await? else {
+        let Some((to, from, content)) = self.open_row(row).await? else {
             return Ok(None);
         };
-        let a = row.account_id.as_str();
-        let to = text(
-            self.open(&key, &field(a, &row.id, "to"), &row.to_ct)
-                .await?,
-        )?;
-        let from = text(
-            self.open(&key, &field(a, &row.id, "from"), &row.from_ct)
-                .await?,
-        )?;
-        let raw = self
-            .open(&key, &field(a, &row.id, "content"), &row.content_ct)
-            .await?;
-        let content: Content = serde_json::from_slice(&raw)
-            .map_err(|_| MessagingError::Vault(haven_vault::VaultError::Integrity("content")))?;
         Ok(Some(Outbound {
             message_id: row.id.clone(),
             account_id: row.account_id.clone(),

@@ -186,7 +186,6 @@ pub trait MessageStore: Send + Sync {
         filter: &MessageFilter,
         page: &PageRequest,
     ) -> StoreResult<Vec<MessageRow>>;
-    async fn parts_of(&self, message_id: &str) -> StoreResult<Vec<PartRow>>;
 
     /// Leases up to `limit` accepted messages that are due, until `lease_until_ms`.
     async fn claim_due(

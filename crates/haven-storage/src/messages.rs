@@ -253,15 +253,6 @@ macro_rules! impl_message_store {
                 rows.iter().map(Self::message_row).collect()
             }
 
-            async fn parts_of(&self, message_id: &str) -> StoreResult<Vec<PartRow>> {
-                let rows = sqlx::query(sql::PARTS_OF)
-                    .bind(message_id)
-                    .fetch_all(self.r())
-                    .await
-                    .map_err(backend)?;
-                rows.iter().map(Self::part_row).collect()
-            }
-
             async fn claim_due(
                 &self,
                 now_ms: i64,
