@@ -49,6 +49,7 @@ pub struct AppState {
     pub contacts: Arc<haven_contacts::Contacts>,
     pub webhooks: Arc<haven_webhooks::Webhooks>,
     pub messaging: Arc<haven_messaging::Messaging>,
+    pub dispatch: Arc<haven_dispatch::Dispatcher>,
     pub audit: Arc<haven_audit::AuditLog>,
     /// The operator's account, made at bootstrap.
     pub root_account_id: String,
@@ -76,6 +77,8 @@ pub struct AppState {
         (name = "contacts", description = "Data subjects (patients and other contacts), encrypted under per-subject keys"),
         (name = "messages", description = "SMS and email: send, track delivery, receive replies"),
         (name = "senders", description = "Numbers, sender ids and addresses an account sends from"),
+        (name = "templates", description = "Message templates with an approval state"),
+        (name = "dispatch", description = "Workflows that fail a message over from channel to channel until the patient confirms"),
         (name = "webhooks", description = "Signed webhooks (Standard Webhooks) with a durable outbox, retries and replay"),
         (name = "audit", description = "The tamper-evident audit log (RFC 6962 Merkle tree)"),
         (name = "system", description = "Health, metrics and documentation"),
@@ -100,7 +103,9 @@ impl Modify for SecuritySchemes {
 
 /// Every route with its documentation; the two cannot drift apart.
 fn api() -> OpenApiRouter<Arc<AppState>> {
-    use routes::{accounts, audit, contacts, keys, messages, oauth, system, webhooks};
+    use routes::{
+        accounts, audit, contacts, dispatch, keys, messages, oauth, system, templates, webhooks,
+    };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create_account, accounts::list_accounts))
         .routes(routes!(accounts::get_account, accounts::update_account))
@@ -117,6 +122,20 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(messages::get_sender, messages::delete_sender))
         .routes(routes!(messages::record_consent))
         .routes(routes!(messages::search_consents))
+        .routes(routes!(
+            templates::create_template,
+            templates::list_templates
+        ))
+        .routes(routes!(templates::get_template, templates::delete_template))
+        .routes(routes!(templates::approve_template))
+        .routes(routes!(templates::reject_template))
+        .routes(routes!(templates::get_policy, templates::put_policy))
+        .routes(routes!(
+            dispatch::create_dispatch,
+            dispatch::list_dispatches
+        ))
+        .routes(routes!(dispatch::get_dispatch))
+        .routes(routes!(dispatch::cancel_dispatch))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(
             webhooks::get_endpoint,

@@ -4,6 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use haven_contacts::ContactsError;
+use haven_dispatch::DispatchError;
 use haven_identity::{FieldError, IdentityError};
 use haven_messaging::MessagingError;
 use haven_vault::VaultError;
@@ -79,6 +80,16 @@ catalogue! {
         "Marketing messages need the recipient's recorded opt-in for marketing on this channel (`POST /v1/consents`). Nothing was sent and nothing is charged."),
     RateLimited => ("rate-limited", StatusCode::TOO_MANY_REQUESTS, "Rate limited",
         "The account sent more messages than its rate allows. Nothing in this request was accepted; retry after the number of seconds in `Retry-After`."),
+    TemplateNotApproved => ("template-not-approved", StatusCode::UNPROCESSABLE_ENTITY, "Template not approved",
+        "The template is pending review or was rejected. Only templates approved by a credential with `templates:admin` can be sent."),
+    TemplateReviewed => ("template-reviewed", StatusCode::CONFLICT, "Template reviewed already",
+        "A template is approved or rejected once. To change its wording, submit a new template."),
+    TemplateRequired => ("template-required", StatusCode::UNPROCESSABLE_ENTITY, "Approved template required",
+        "The account's messaging policy allows free text only to recipients it exchanged messages with before. Send the first message with an approved template (`template: {id, parameters}`). Nothing was sent and nothing is charged."),
+    LinkNotAllowed => ("link-not-allowed", StatusCode::UNPROCESSABLE_ENTITY, "Link not allowed",
+        "A link in the message points outside the domains the account's messaging policy allows (`link_domains`), a guard against smishing. Nothing was sent and nothing is charged."),
+    DispatchEnded => ("dispatch-ended", StatusCode::CONFLICT, "Dispatch ended",
+        "The dispatch has succeeded, failed or been cancelled already."),
     IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
         "This Idempotency-Key was already used with a different request. Use a new key for a new request."),
     IdempotencyKeyInUse => ("idempotency-key-in-use", StatusCode::CONFLICT, "Idempotency key in use",
@@ -349,10 +360,49 @@ impl From<MessagingError> for Problem {
                     )
                 }
             }
+            MessagingError::TemplateNotApproved => Problem::new(
+                ProblemType::TemplateNotApproved,
+                "The template is not approved; nothing was sent.",
+            ),
+            MessagingError::TemplateReviewed => Problem::new(
+                ProblemType::TemplateReviewed,
+                "The template was reviewed already.",
+            ),
+            MessagingError::TemplateRequired => Problem::new(
+                ProblemType::TemplateRequired,
+                "A first message to this recipient must use an approved template; nothing was sent.",
+            ),
+            MessagingError::LinkNotAllowed(host) => Problem::new(
+                ProblemType::LinkNotAllowed,
+                format!(
+                    "The message links to {host}, outside the account's allowed domains; nothing was sent."
+                ),
+            ),
             MessagingError::Identity(e) => e.into(),
             MessagingError::Vault(e) => e.into(),
             MessagingError::Contacts(e) => e.into(),
             MessagingError::Store(e) => Problem::internal(&e),
+        }
+    }
+}
+
+impl From<DispatchError> for Problem {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::Invalid(errors) => Problem::new(
+                ProblemType::ValidationFailed,
+                "One or more fields are invalid.",
+            )
+            .with_errors(field_problems(errors)),
+            DispatchError::NotFound => Problem::new(ProblemType::NotFound, "No such resource."),
+            DispatchError::Ended => Problem::new(
+                ProblemType::DispatchEnded,
+                "The dispatch has ended already.",
+            ),
+            DispatchError::Messaging(e) => e.into(),
+            DispatchError::Identity(e) => e.into(),
+            DispatchError::Vault(e) => e.into(),
+            DispatchError::Store(e) => Problem::internal(&e),
         }
     }
 }

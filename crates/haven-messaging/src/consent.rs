@@ -146,7 +146,7 @@ fn view(r: &ConsentRow) -> MessagingResult<Consent> {
 }
 
 impl Messaging {
-    async fn address_index(
+    pub(crate) async fn address_index(
         &self,
         account_id: &str,
         kind: ChannelKind,
@@ -168,13 +168,12 @@ impl Messaging {
         &self,
         account_id: &str,
         kind: ChannelKind,
-        to: &str,
+        bidx: &[u8],
         purpose: Purpose,
     ) -> MessagingResult<()> {
-        let bidx = self.address_index(account_id, kind, to).await?;
         let records = self
             .store
-            .consents_for(account_id, kind.as_str(), &bidx)
+            .consents_for(account_id, kind.as_str(), bidx)
             .await?;
         let status = |p: Purpose| {
             records
@@ -379,13 +378,20 @@ impl Messaging {
                 subject: (kind == ChannelKind::Email).then(|| "Your subscription".to_owned()),
                 text: text.to_owned(),
                 html: None,
+                template_id: None,
             },
             client_ref: None,
             ttl_seconds: crate::model::DEFAULT_TTL_SECONDS,
             receipt: true,
             purpose: Purpose::Transactional,
+            template_id: None,
+            // It answers the patient at once, whatever the hour: they just wrote.
+            urgent: true,
+            timezone: None,
         };
-        let row = self.sealed_row(account_id, None, &v).await?;
+        let id = haven_platform::id::new_id(crate::model::MESSAGE_PREFIX);
+        let mut row = self.sealed_row(account_id, None, id, &v).await?;
+        row.peer_bidx = Some(self.address_index(account_id, kind, to).await?);
         self.writer.submit((row, None)).await?;
         self.wake_sender.notify_one();
         Ok(())

@@ -15,7 +15,9 @@ pub mod consent;
 pub mod limiter;
 pub mod model;
 pub mod pipeline;
+pub mod policy;
 pub mod store;
+pub mod templates;
 
 use batch::Batcher;
 pub use consent::{Consent, ConsentRequest, KeywordSettings, Purpose};
@@ -33,11 +35,15 @@ use limiter::RateLimiter;
 pub use model::{
     Content, Direction, Message, MessageQuery, MessageStatus, SendRequest, Sender, ValidSend,
 };
+pub use policy::{MessagingPolicy, QuietHours};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-pub use store::{MessageFilter, MessageRow, MessageStore, PartRow, ReceiptRow, SenderRow};
+pub use store::{
+    MessageFilter, MessageRow, MessageStore, PartRow, ReceiptRow, SenderRow, TemplateRow,
+};
+pub use templates::{NewTemplate, Template, TemplateStatus};
 use tokio::sync::Notify;
 
 const READ: Scope = Scope::new("messages", Right::Read);
@@ -64,6 +70,14 @@ pub enum MessagingError {
     ConsentRequired,
     #[error("over the account's send rate")]
     RateLimited { retry_after: Duration },
+    #[error("the template is not approved")]
+    TemplateNotApproved,
+    #[error("the template was reviewed already")]
+    TemplateReviewed,
+    #[error("a first message to this recipient must use an approved template")]
+    TemplateRequired,
+    #[error("a link points outside the account's allowed domains")]
+    LinkNotAllowed(String),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -146,6 +160,45 @@ pub struct Messaging {
     event_hook: RwLock<Option<EventHook>>,
     /// Who owns an address, as last read: (channel, address) → owner and when read.
     sender_cache: std::sync::Mutex<SenderCache>,
+    /// Each account's messaging policy, as last read.
+    pub(crate) policy_cache:
+        std::sync::Mutex<HashMap<String, (MessagingPolicy, std::time::Instant)>>,
+    observer: RwLock<Option<Arc<dyn MessageObserver>>>,
+}
+
+/// Told what happens to messages once it is stored, so that workflows (Dispatch) react at
+/// once. Best effort: a workflow also re-checks on its own schedule, so a notice lost in a
+/// crash only delays it.
+#[async_trait::async_trait]
+pub trait MessageObserver: Send + Sync {
+    /// These messages changed status (submitted, delivered, failed…).
+    async fn messages_changed(&self, message_ids: &[String]);
+    /// A patient (by the blind index of their address) wrote to one of the account's senders.
+    async fn reply_received(
+        &self,
+        account_id: &str,
+        channel: ChannelKind,
+        sender_id: &str,
+        peer_bidx: &[u8],
+    );
+}
+
+/// A message sent as a step of a workflow, with what identifies a reply to it.
+#[derive(Debug, Clone)]
+pub struct StepSent {
+    pub message: Message,
+    pub sender_id: String,
+    pub peer_bidx: Vec<u8>,
+}
+
+/// What a workflow needs to know about one of its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryState {
+    pub status: MessageStatus,
+    pub channel: ChannelKind,
+    /// Whether `delivered` can ever be reported: SMS with a receipt asked for. Email (SMTP
+    /// reports no delivery) and SMS without receipts end at `submitted`.
+    pub reports_delivery: bool,
 }
 
 /// How long a node trusts what it read about an address's owner. A sender removed on another
@@ -203,6 +256,8 @@ impl Messaging {
             wake_receipts: Notify::new(),
             event_hook: RwLock::new(None),
             sender_cache: std::sync::Mutex::new(HashMap::new()),
+            policy_cache: std::sync::Mutex::new(HashMap::new()),
+            observer: RwLock::new(None),
         })
     }
 
@@ -220,6 +275,27 @@ impl Messaging {
     /// Called after events are written, so this node's webhook worker wakes at once.
     pub fn on_events(&self, hook: EventHook) {
         *self.event_hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Registers the observer of message changes (Dispatch).
+    pub fn observe(&self, observer: Arc<dyn MessageObserver>) {
+        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    pub(crate) fn observer(&self) -> Option<Arc<dyn MessageObserver>> {
+        self.observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) async fn changed(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(o) = self.observer() {
+            o.messages_changed(ids).await;
+        }
     }
 
     pub(crate) fn events_written(&self) {
@@ -460,61 +536,254 @@ impl Messaging {
         req: SendRequest,
     ) -> MessagingResult<Message> {
         p.require(WRITE)?;
+        let (v, sender) = self.prepare(&p.account_id, req).await?;
+        let id = new_id(model::MESSAGE_PREFIX);
+        let (m, _) = self
+            .accept(
+                &p.account_id,
+                Some(p.credential_id.clone()),
+                id,
+                &v,
+                &sender,
+                true,
+            )
+            .await?;
+        self.audit(p, meta, AuditAction::MessageSent, "message", &m.id, true)
+            .await;
+        Ok(m)
+    }
+
+    /// Checks a send request as far as it can be checked before the moment of sending: the
+    /// template filled in, every field, the channel, the sender, the links. Consent, first
+    /// contact, quiet hours and the rate are checked when it is accepted.
+    pub async fn prepare(
+        &self,
+        account_id: &str,
+        mut req: SendRequest,
+    ) -> MessagingResult<(ValidSend, SenderRow)> {
+        self.apply_template(account_id, &mut req).await?;
         let v = model::validate_send(req).map_err(MessagingError::Invalid)?;
         if self.channel(v.channel).is_none() {
             return Err(MessagingError::ChannelUnavailable(v.channel));
         }
         let sender = match self.sender_of(v.channel, &v.from).await? {
-            Some(s) if s.account_id == p.account_id => s,
+            Some(s) if s.account_id == account_id => s,
             _ => return Err(MessagingError::SenderNotRegistered),
         };
-        self.check_consent(&p.account_id, v.channel, &v.to, v.purpose)
+        let policy = self.policy_of(account_id).await?;
+        let c = &v.content;
+        let texts = [
+            Some(c.text.as_str()),
+            c.subject.as_deref(),
+            c.html.as_deref(),
+        ];
+        let texts: Vec<&str> = texts.into_iter().flatten().collect();
+        if let Some(host) = policy.forbidden_link(&texts) {
+            metrics::counter!("haven_messages_refused_total", "reason" => "link").increment(1);
+            return Err(MessagingError::LinkNotAllowed(host));
+        }
+        Ok((v, sender))
+    }
+
+    /// Stores a prepared message under `id` once consent, first contact and (when `limit`)
+    /// the account's rate allow it; holds it until quiet hours end unless it is urgent.
+    async fn accept(
+        &self,
+        account_id: &str,
+        created_by: Option<String>,
+        id: String,
+        v: &ValidSend,
+        sender: &SenderRow,
+        limit: bool,
+    ) -> MessagingResult<(Message, Vec<u8>)> {
+        let bidx = self.address_index(account_id, v.channel, &v.to).await?;
+        self.check_consent(account_id, v.channel, &bidx, v.purpose)
             .await?;
-        if let Err(retry_after) = self.limiter.check(&p.account_id) {
+        let policy = self.policy_of(account_id).await?;
+        if policy.require_template_for_first_contact
+            && v.template_id.is_none()
+            && !self
+                .store
+                .has_exchanged(account_id, v.channel.as_str(), &bidx)
+                .await?
+        {
+            metrics::counter!("haven_messages_refused_total", "reason" => "first_contact")
+                .increment(1);
+            return Err(MessagingError::TemplateRequired);
+        }
+        if limit && let Err(retry_after) = self.limiter.check(account_id) {
             metrics::counter!("haven_messages_rate_limited_total").increment(1);
             return Err(MessagingError::RateLimited { retry_after });
         }
-        let mut row = self
-            .sealed_row(&p.account_id, Some(p.credential_id.clone()), &v)
-            .await?;
-        row.sender_id = Some(sender.id);
+        let mut row = self.sealed_row(account_id, created_by, id, v).await?;
+        row.sender_id = Some(sender.id.clone());
+        row.peer_bidx = Some(bidx.clone());
+        if !v.urgent
+            && let Some(until) = policy.hold_until(row.created_at_ms, v.timezone.as_deref())
+        {
+            let ttl = row.expires_at_ms - row.created_at_ms;
+            row.next_attempt_at_ms = until;
+            row.expires_at_ms = until.saturating_add(ttl);
+            metrics::counter!("haven_messages_held_total", "reason" => "quiet_hours").increment(1);
+        }
         self.writer.submit((row.clone(), None)).await?;
         metrics::counter!("haven_messages_accepted_total", "channel" => v.channel.as_str())
             .increment(1);
         self.wake_sender.notify_one();
-        self.audit(p, meta, AuditAction::MessageSent, "message", &row.id, true)
-            .await;
-        Ok(Message {
-            id: row.id,
-            account_id: row.account_id,
-            direction: Direction::Outbound,
-            channel: v.channel,
-            status: MessageStatus::Accepted,
-            to: Some(v.to),
-            from: Some(v.from),
-            content: Some(v.content),
-            client_ref: v.client_ref,
-            contact_id: row.contact_id,
-            erased: false,
-            parts: 0,
-            attempts: 0,
-            error_code: None,
-            error_reason: None,
-            created_at_ms: row.created_at_ms,
-            updated_at_ms: row.updated_at_ms,
-            submitted_at_ms: None,
-            final_at_ms: None,
-            expires_at_ms: row.expires_at_ms,
+        Ok((
+            Message {
+                send_after_ms: held_until(&row),
+                id: row.id,
+                account_id: row.account_id,
+                direction: Direction::Outbound,
+                channel: v.channel,
+                status: MessageStatus::Accepted,
+                to: Some(v.to.clone()),
+                from: Some(v.from.clone()),
+                content: Some(v.content.clone()),
+                client_ref: v.client_ref.clone(),
+                contact_id: row.contact_id,
+                erased: false,
+                parts: 0,
+                attempts: 0,
+                error_code: None,
+                error_reason: None,
+                created_at_ms: row.created_at_ms,
+                updated_at_ms: row.updated_at_ms,
+                submitted_at_ms: None,
+                final_at_ms: None,
+                expires_at_ms: row.expires_at_ms,
+            },
+            bidx,
+        ))
+    }
+
+    /// Sends one step of a workflow as message `id`, exactly once however often it is asked
+    /// (a step retried after a crash finds its message stored and sends nothing new).
+    pub async fn send_step(
+        &self,
+        account_id: &str,
+        created_by: Option<String>,
+        id: &str,
+        req: SendRequest,
+    ) -> MessagingResult<StepSent> {
+        if let Some(row) = self.store.get_message(id).await? {
+            return Ok(StepSent {
+                message: self.view(&row).await?,
+                sender_id: row.sender_id.unwrap_or_default(),
+                peer_bidx: row.peer_bidx.unwrap_or_default(),
+            });
+        }
+        let (v, sender) = self.prepare(account_id, req).await?;
+        let (message, peer_bidx) = self
+            .accept(account_id, created_by, id.to_owned(), &v, &sender, false)
+            .await?;
+        Ok(StepSent {
+            message,
+            sender_id: sender.id,
+            peer_bidx,
         })
+    }
+
+    /// Where one of an account's messages stands; `None` when there is no such message.
+    pub async fn delivery_state(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> MessagingResult<Option<DeliveryState>> {
+        let Some(row) = self.store.get_message(id).await? else {
+            return Ok(None);
+        };
+        if row.account_id != account_id {
+            return Ok(None);
+        }
+        let bad = || StoreError::Backend("stored message is not readable".into());
+        let channel = ChannelKind::parse(&row.channel).ok_or_else(bad)?;
+        Ok(Some(DeliveryState {
+            status: MessageStatus::parse(&row.status).ok_or_else(bad)?,
+            channel,
+            reports_delivery: channel == ChannelKind::Sms && row.want_receipt,
+        }))
+    }
+
+    /// The texts a patient sent to one of the account's senders since `since_ms`, oldest
+    /// first (erased ones are gone).
+    pub async fn replies_since(
+        &self,
+        account_id: &str,
+        channel: ChannelKind,
+        sender_id: &str,
+        peer_bidx: &[u8],
+        since_ms: i64,
+    ) -> MessagingResult<Vec<String>> {
+        let rows = self
+            .store
+            .inbound_from(
+                account_id,
+                channel.as_str(),
+                sender_id,
+                peer_bidx,
+                since_ms,
+                50,
+            )
+            .await?;
+        let mut texts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some((_, _, content)) = self.open_row(row).await? {
+                texts.push(content.text);
+            }
+        }
+        Ok(texts)
+    }
+
+    /// Seals data about a patient (a workflow's steps) under the patient's own key when the
+    /// address belongs to a contact, else under the account's data key. Returns the contact.
+    pub async fn seal_about(
+        &self,
+        f: &FieldRef<'_>,
+        kind: ChannelKind,
+        patient: &str,
+        plaintext: &[u8],
+    ) -> MessagingResult<(Option<String>, Vec<u8>)> {
+        let (contact_id, key) = self.seal_key(f.account_id, kind, patient).await?;
+        Ok((contact_id, self.seal(&key, f, plaintext).await?))
+    }
+
+    /// Opens what [`Messaging::seal_about`] sealed; `None` once the patient was erased.
+    pub async fn open_about(
+        &self,
+        f: &FieldRef<'_>,
+        contact_id: Option<&str>,
+        ciphertext: &[u8],
+    ) -> MessagingResult<Option<Vec<u8>>> {
+        let key = match contact_id {
+            None => SealKey::Account,
+            Some(c) => match self.contacts.key_of(f.account_id, c).await {
+                Ok(k) => SealKey::Subject(k),
+                Err(ContactsError::Erased) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(Some(self.open(&key, f, ciphertext).await?))
+    }
+
+    /// The blind index a patient's address has on a channel (as workflows watch for it).
+    pub async fn peer_index(
+        &self,
+        account_id: &str,
+        kind: ChannelKind,
+        address: &str,
+    ) -> MessagingResult<Vec<u8>> {
+        self.address_index(account_id, kind, address).await
     }
 
     pub(crate) async fn sealed_row(
         &self,
         account: &str,
         created_by: Option<String>,
+        id: String,
         v: &ValidSend,
     ) -> MessagingResult<MessageRow> {
-        let id = new_id(model::MESSAGE_PREFIX);
         let (contact_id, key) = self.seal_key(account, v.channel, &v.to).await?;
         let content = serde_json::to_vec(&v.content)
             .map_err(|_| MessagingError::Vault(VaultError::Integrity("content")))?;
@@ -550,6 +819,7 @@ impl Messaging {
             contact_id,
             client_ref_ct,
             client_ref_bidx,
+            peer_bidx: None,
             want_receipt: v.receipt,
             parts: 0,
             route: None,
@@ -633,6 +903,7 @@ impl Messaging {
             submitted_at_ms: row.submitted_at_ms,
             final_at_ms: row.final_at_ms,
             expires_at_ms: row.expires_at_ms,
+            send_after_ms: held_until(row),
         })
     }
 
@@ -711,6 +982,15 @@ impl Messaging {
             next_cursor: page.next_cursor,
         })
     }
+}
+
+/// When a message waits for quiet hours to end: still accepted, never tried, and due later
+/// than it was accepted.
+fn held_until(row: &MessageRow) -> Option<i64> {
+    (row.status == MessageStatus::Accepted.as_str()
+        && row.attempts == 0
+        && row.next_attempt_at_ms > row.created_at_ms + 1_000)
+        .then_some(row.next_attempt_at_ms)
 }
 
 /// The thin payload of a `message.*` event: ids and states, never content or addresses.

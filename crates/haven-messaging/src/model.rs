@@ -105,10 +105,13 @@ pub struct Content {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
+    /// The approved template this was rendered from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
 }
 
-/// A send request as the API received it.
-#[derive(Debug, Clone, Default)]
+/// A send request as the API received it (and as a workflow keeps it, sealed, until its step).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct SendRequest {
     pub channel: String,
     pub to: String,
@@ -121,6 +124,21 @@ pub struct SendRequest {
     pub receipt: Option<bool>,
     /// `transactional` (default) or `marketing`.
     pub purpose: Option<String>,
+    /// An approved template instead of `text` (and `subject`, `html`), with its parameters.
+    pub template_id: Option<String>,
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// Urgent messages (codes, care alerts) are sent during the account's quiet hours.
+    pub urgent: Option<bool>,
+    /// The recipient's IANA time zone, for quiet hours (else the policy's own).
+    pub timezone: Option<String>,
+}
+
+impl std::fmt::Debug for SendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendRequest")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A send request that passed every rule: addresses normalized.
@@ -134,6 +152,11 @@ pub struct ValidSend {
     pub ttl_seconds: u64,
     pub receipt: bool,
     pub purpose: crate::consent::Purpose,
+    /// The approved template the content was rendered from.
+    pub template_id: Option<String>,
+    pub urgent: bool,
+    /// The recipient's time zone as given (checked against the time zone database).
+    pub timezone: Option<String>,
 }
 
 impl std::fmt::Debug for ValidSend {
@@ -287,10 +310,21 @@ pub fn validate_send(req: SendRequest) -> Result<ValidSend, Vec<FieldError>> {
             crate::consent::Purpose::Transactional
         }),
     };
+    if let Some(tz) = &req.timezone
+        && crate::policy::time_zone(tz).is_none()
+    {
+        errors.push(FieldError::new(
+            "timezone",
+            "must be an IANA time zone such as America/New_York",
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(ValidSend {
+        template_id: req.template_id.clone(),
+        urgent: req.urgent.unwrap_or(false),
+        timezone: req.timezone,
         purpose,
         channel: kind,
         to,
@@ -299,6 +333,7 @@ pub fn validate_send(req: SendRequest) -> Result<ValidSend, Vec<FieldError>> {
             subject: req.subject,
             text,
             html: req.html,
+            template_id: req.template_id.clone(),
         },
         client_ref: req.client_ref,
         ttl_seconds: ttl,
@@ -340,6 +375,8 @@ pub struct Message {
     pub submitted_at_ms: Option<i64>,
     pub final_at_ms: Option<i64>,
     pub expires_at_ms: i64,
+    /// Held (quiet hours) until then.
+    pub send_after_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for Message {

@@ -244,6 +244,7 @@ impl Messaging {
                                     tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
                                 } else if wrote_event {
                                     me.events_written();
+                                    me.changed(std::slice::from_ref(&id)).await;
                                 }
                                 drop(permit);
                                 me.wake_sender.notify_one();
@@ -274,15 +275,18 @@ impl Messaging {
                 .apply_receipts(limit, now_ms() - RECEIPT_KEEP_MS, &decide)
                 .await
             {
-                Ok(n) => n,
+                Ok((n, changed)) => {
+                    if !changed.is_empty() {
+                        self.events_written();
+                        self.changed(&changed).await;
+                    }
+                    n
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "applying receipts failed");
                     0
                 }
             };
-            if n > 0 {
-                self.events_written();
-            }
             if usize::try_from(limit).unwrap_or(0) > n {
                 let _ =
                     tokio::time::timeout(Duration::from_millis(250), self.wake_receipts.notified())
@@ -313,10 +317,12 @@ impl Messaging {
         let account = sender.account_id.as_str();
         let id = new_id(crate::model::MESSAGE_PREFIX);
         let (contact_id, key) = self.seal_key(account, channel, &from).await?;
+        let peer_bidx = self.address_index(account, channel, &from).await?;
         let content = serde_json::to_vec(&Content {
             subject: None,
             text: text.to_owned(),
             html: None,
+            template_id: None,
         })
         .map_err(|_| MessagingError::Vault(haven_vault::VaultError::Integrity("content")))?;
         let now = now_ms();
@@ -339,6 +345,7 @@ impl Messaging {
             contact_id,
             client_ref_ct: None,
             client_ref_bidx: None,
+            peer_bidx: Some(peer_bidx.clone()),
             want_receipt: false,
             parts: 1,
             route: None,
@@ -365,6 +372,10 @@ impl Messaging {
         metrics::counter!("haven_messages_inbound_total", "channel" => channel.as_str())
             .increment(1);
         self.events_written();
+        if let Some(o) = self.observer() {
+            o.reply_received(account, channel, &sender.id, &peer_bidx)
+                .await;
+        }
         if let Some(word) = crate::consent::keyword(text, &self.keywords) {
             self.on_keyword(account, channel, &to, &from, word, &id)
                 .await?;

@@ -34,6 +34,8 @@ pub struct MessageRow {
     pub content_ct: Vec<u8>,
     pub client_ref_ct: Option<Vec<u8>>,
     pub client_ref_bidx: Option<Vec<u8>>,
+    /// Blind index of the patient's address (`to` outbound, `from` inbound).
+    pub peer_bidx: Option<Vec<u8>>,
     pub want_receipt: bool,
     pub parts: i64,
     pub route: Option<String>,
@@ -149,8 +151,62 @@ pub struct ConsentRow {
     pub updated_at_ms: i64,
 }
 
+/// A message template as stored (clear: the organisation's wording, no PHI).
+#[derive(Debug, Clone)]
+pub struct TemplateRow {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub channel: String,
+    pub locale: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+    pub html: Option<String>,
+    pub status: String,
+    pub review_note: Option<String>,
+    pub created_by: Option<String>,
+    pub reviewed_by: Option<String>,
+    pub created_at_ms: i64,
+    pub reviewed_at_ms: Option<i64>,
+}
+
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync {
+    async fn insert_template(&self, row: &TemplateRow) -> StoreResult<()>;
+    async fn get_template(&self, id: &str) -> StoreResult<Option<TemplateRow>>;
+    async fn list_templates(
+        &self,
+        account_id: &str,
+        status: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<TemplateRow>>;
+    /// Records a review (and its event) if the template is still pending; false otherwise.
+    async fn review_template(&self, row: &TemplateRow, event: &OutboxEvent) -> StoreResult<bool>;
+    async fn delete_template(&self, id: &str) -> StoreResult<bool>;
+
+    /// The account's messaging policy as JSON, if it set one.
+    async fn get_policy(&self, account_id: &str) -> StoreResult<Option<String>>;
+    async fn put_policy(&self, account_id: &str, policy: &str, at_ms: i64) -> StoreResult<()>;
+
+    /// Whether any message (either direction) with this peer address exists on the channel.
+    async fn has_exchanged(
+        &self,
+        account_id: &str,
+        channel: &str,
+        peer_bidx: &[u8],
+    ) -> StoreResult<bool>;
+    /// Inbound messages from a peer to one of the account's senders, received at or after
+    /// `since_ms`, oldest first (at most `limit`).
+    async fn inbound_from(
+        &self,
+        account_id: &str,
+        channel: &str,
+        sender_id: &str,
+        peer_bidx: &[u8],
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRow>>;
+
     /// Records consent (and the events it causes) in one transaction; the newest record per
     /// purpose wins.
     async fn upsert_consents(&self, rows: &[ConsentRow], events: &[OutboxEvent])
@@ -203,11 +259,12 @@ pub trait MessageStore: Send + Sync {
     /// Matches up to `limit` stored receipts to their parts, applies them, and lets `decide`
     /// change the message's status; all in one transaction with the message row locked.
     /// Receipts with no part yet stay (their part may still be being recorded) until they are
-    /// older than `drop_before_ms`. Returns how many were applied.
+    /// older than `drop_before_ms`.
+    /// Returns how many receipts were applied and the messages whose status changed.
     async fn apply_receipts(
         &self,
         limit: i64,
         drop_before_ms: i64,
         decide: &Decide,
-    ) -> StoreResult<usize>;
+    ) -> StoreResult<(usize, Vec<String>)>;
 }

@@ -40,6 +40,14 @@ pub enum AuditAction {
     MessageSent,
     MessageRead,
     ConsentRecorded,
+    TemplateCreated,
+    TemplateApproved,
+    TemplateRejected,
+    TemplateDeleted,
+    MessagingPolicyChanged,
+    DispatchStarted,
+    DispatchRead,
+    DispatchCancelled,
 }
 
 impl AuditAction {
@@ -76,6 +84,14 @@ impl AuditAction {
             Self::MessageSent => "message.sent",
             Self::MessageRead => "message.read",
             Self::ConsentRecorded => "consent.recorded",
+            Self::TemplateCreated => "template.created",
+            Self::TemplateApproved => "template.approved",
+            Self::TemplateRejected => "template.rejected",
+            Self::TemplateDeleted => "template.deleted",
+            Self::MessagingPolicyChanged => "messaging_policy.changed",
+            Self::DispatchStarted => "dispatch.started",
+            Self::DispatchRead => "dispatch.read",
+            Self::DispatchCancelled => "dispatch.cancelled",
         }
     }
 }

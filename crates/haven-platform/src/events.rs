@@ -23,6 +23,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "message.rejected",
     "message.inbound",
     "consent.changed",
+    "template.approved",
+    "template.rejected",
+    "dispatch.step_started",
+    "dispatch.succeeded",
+    "dispatch.failed",
+    "dispatch.cancelled",
 ];
 
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 //! tests both.
 
 mod audit;
+mod dispatch;
 mod messages;
 mod rows;
 mod sql;
@@ -138,6 +139,13 @@ impl Store {
     }
 
     pub fn messages(&self) -> Arc<dyn haven_messaging::MessageStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn dispatch(&self) -> Arc<dyn haven_dispatch::DispatchStore> {
         match self {
             Store::Sqlite(s) => Arc::new(s.clone()),
             Store::Postgres(p) => Arc::new(p.clone()),

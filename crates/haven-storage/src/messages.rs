@@ -3,7 +3,7 @@
 use crate::{PgStore, SqliteStore, backend, sql};
 use haven_messaging::store::{
     ConsentRow, Decide, MessageFilter, MessageRow, MessageStore, Outcome, PartRow, ReceiptRow,
-    ReceiptTarget, SenderRow,
+    ReceiptTarget, SenderRow, TemplateRow,
 };
 use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
@@ -37,6 +37,7 @@ macro_rules! impl_message_store {
                     content_ct: r.try_get("content_ct").map_err(backend)?,
                     client_ref_ct: r.try_get("client_ref_ct").map_err(backend)?,
                     client_ref_bidx: r.try_get("client_ref_bidx").map_err(backend)?,
+                    peer_bidx: r.try_get("peer_bidx").map_err(backend)?,
                     want_receipt: r.try_get("want_receipt").map_err(backend)?,
                     parts: r.try_get("parts").map_err(backend)?,
                     route: r.try_get("route").map_err(backend)?,
@@ -50,6 +51,25 @@ macro_rules! impl_message_store {
                     updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
                     submitted_at_ms: r.try_get("submitted_at_ms").map_err(backend)?,
                     final_at_ms: r.try_get("final_at_ms").map_err(backend)?,
+                })
+            }
+
+            fn template_row(r: &$row) -> StoreResult<TemplateRow> {
+                Ok(TemplateRow {
+                    id: r.try_get("id").map_err(backend)?,
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    name: r.try_get("name").map_err(backend)?,
+                    channel: r.try_get("channel").map_err(backend)?,
+                    locale: r.try_get("locale").map_err(backend)?,
+                    subject: r.try_get("subject").map_err(backend)?,
+                    body: r.try_get("body").map_err(backend)?,
+                    html: r.try_get("html").map_err(backend)?,
+                    status: r.try_get("status").map_err(backend)?,
+                    review_note: r.try_get("review_note").map_err(backend)?,
+                    created_by: r.try_get("created_by").map_err(backend)?,
+                    reviewed_by: r.try_get("reviewed_by").map_err(backend)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    reviewed_at_ms: r.try_get("reviewed_at_ms").map_err(backend)?,
                 })
             }
 
@@ -67,6 +87,150 @@ macro_rules! impl_message_store {
 
         #[async_trait::async_trait]
         impl MessageStore for $store {
+            async fn insert_template(&self, t: &TemplateRow) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_TEMPLATE)
+                    .bind(&t.id)
+                    .bind(&t.account_id)
+                    .bind(&t.name)
+                    .bind(&t.channel)
+                    .bind(&t.locale)
+                    .bind(&t.subject)
+                    .bind(&t.body)
+                    .bind(&t.html)
+                    .bind(&t.status)
+                    .bind(&t.review_note)
+                    .bind(&t.created_by)
+                    .bind(&t.reviewed_by)
+                    .bind(t.created_at_ms)
+                    .bind(t.reviewed_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_template(&self, id: &str) -> StoreResult<Option<TemplateRow>> {
+                let row = sqlx::query(sql::GET_TEMPLATE)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::template_row(&r)).transpose()
+            }
+
+            async fn list_templates(
+                &self,
+                account_id: &str,
+                status: Option<&str>,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<TemplateRow>> {
+                let rows = sqlx::query(sql::LIST_TEMPLATES)
+                    .bind(account_id)
+                    .bind(status)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::template_row).collect()
+            }
+
+            async fn review_template(
+                &self,
+                t: &TemplateRow,
+                event: &OutboxEvent,
+            ) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let done = sqlx::query(sql::REVIEW_TEMPLATE)
+                    .bind(&t.status)
+                    .bind(&t.review_note)
+                    .bind(&t.reviewed_by)
+                    .bind(t.reviewed_at_ms)
+                    .bind(&t.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::push_events(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
+            async fn delete_template(&self, id: &str) -> StoreResult<bool> {
+                let r = sqlx::query(sql::DELETE_TEMPLATE)
+                    .bind(id)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(r.rows_affected() > 0)
+            }
+
+            async fn get_policy(&self, account_id: &str) -> StoreResult<Option<String>> {
+                let row = sqlx::query(sql::GET_POLICY)
+                    .bind(account_id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| r.try_get("policy").map_err(backend))
+                    .transpose()
+            }
+
+            async fn put_policy(
+                &self,
+                account_id: &str,
+                policy: &str,
+                at_ms: i64,
+            ) -> StoreResult<()> {
+                sqlx::query(sql::PUT_POLICY)
+                    .bind(account_id)
+                    .bind(policy)
+                    .bind(at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn has_exchanged(
+                &self,
+                account_id: &str,
+                channel: &str,
+                peer_bidx: &[u8],
+            ) -> StoreResult<bool> {
+                let row = sqlx::query(sql::HAS_EXCHANGED)
+                    .bind(account_id)
+                    .bind(channel)
+                    .bind(peer_bidx)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                Ok(row.is_some())
+            }
+
+            async fn inbound_from(
+                &self,
+                account_id: &str,
+                channel: &str,
+                sender_id: &str,
+                peer_bidx: &[u8],
+                since_ms: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<MessageRow>> {
+                let rows = sqlx::query(sql::INBOUND_FROM)
+                    .bind(account_id)
+                    .bind(channel)
+                    .bind(peer_bidx)
+                    .bind(sender_id)
+                    .bind(since_ms)
+                    .bind(limit)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::message_row).collect()
+            }
+
             async fn upsert_consents(
                 &self,
                 rows: &[ConsentRow],
@@ -213,6 +377,7 @@ macro_rules! impl_message_store {
                         .bind(m.updated_at_ms)
                         .bind(m.submitted_at_ms)
                         .bind(m.final_at_ms)
+                        .bind(&m.peer_bidx)
                         .execute(&mut *tx)
                         .await
                         .map_err(backend)?;
@@ -375,7 +540,7 @@ macro_rules! impl_message_store {
                 limit: i64,
                 drop_before_ms: i64,
                 decide: &Decide,
-            ) -> StoreResult<usize> {
+            ) -> StoreResult<(usize, Vec<String>)> {
                 let now = haven_platform::clock::now_ms();
                 let mut tx = self.w().begin().await.map_err(backend)?;
                 let rows = sqlx::query($matched)
@@ -407,6 +572,7 @@ macro_rules! impl_message_store {
                 // Lock messages in one order on every node, so two reconcilers cannot deadlock.
                 matched.sort_by(|a, b| a.message_id.cmp(&b.message_id).then(a.id.cmp(&b.id)));
                 let mut events = Vec::new();
+                let mut changed = Vec::new();
                 let mut i = 0;
                 while i < matched.len() {
                     let mid = matched[i].message_id.clone();
@@ -462,6 +628,7 @@ macro_rules! impl_message_store {
                                 .map_err(backend)?;
                             if done.rows_affected() > 0 {
                                 events.push(change.event);
+                                changed.push(mid.clone());
                             }
                         }
                     }
@@ -474,7 +641,7 @@ macro_rules! impl_message_store {
                     .await
                     .map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
-                Ok(matched.len())
+                Ok((matched.len(), changed))
             }
         }
     };

@@ -216,7 +216,8 @@ macro_rules! message_cols {
     () => {
         "id, account_id, direction, channel, status, sender_id, contact_id, to_ct, from_ct, content_ct, \
          client_ref_ct, client_ref_bidx, want_receipt, parts, route, error_code, error_reason, attempts, \
-         next_attempt_at_ms, expires_at_ms, created_by, created_at_ms, updated_at_ms, submitted_at_ms, final_at_ms"
+         next_attempt_at_ms, expires_at_ms, created_by, created_at_ms, updated_at_ms, submitted_at_ms, final_at_ms, \
+         peer_bidx"
     };
 }
 
@@ -232,7 +233,7 @@ pub const INSERT_MESSAGE: &str = concat!(
     "INSERT INTO messages (",
     message_cols!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-     $21, $22, $23, $24, $25)"
+     $21, $22, $23, $24, $25, $26)"
 );
 pub const GET_MESSAGE: &str = concat!("SELECT ", message_cols!(), " FROM messages WHERE id = $1");
 pub const LIST_MESSAGES: &str = concat!(
@@ -289,6 +290,105 @@ pub const UPSERT_CONSENT: &str = "INSERT INTO consents (account_id, channel, add
      status = excluded.status, method = excluded.method, source = excluded.source, updated_at_ms = excluded.updated_at_ms";
 pub const CONSENTS_FOR: &str = "SELECT account_id, channel, address_bidx, purpose, status, method, source, updated_at_ms \
      FROM consents WHERE account_id = $1 AND channel = $2 AND address_bidx = $3 ORDER BY purpose";
+
+pub const HAS_EXCHANGED: &str =
+    "SELECT 1 FROM messages WHERE account_id = $1 AND channel = $2 AND peer_bidx = $3 LIMIT 1";
+pub const INBOUND_FROM: &str = concat!(
+    "SELECT ",
+    message_cols!(),
+    " FROM messages WHERE account_id = $1 AND channel = $2 AND peer_bidx = $3 AND direction = 'inbound' \
+     AND sender_id = $4 AND created_at_ms >= $5 ORDER BY created_at_ms, id LIMIT $6"
+);
+
+macro_rules! template_cols {
+    () => {
+        "id, account_id, name, channel, locale, subject, body, html, status, review_note, created_by, \
+         reviewed_by, created_at_ms, reviewed_at_ms"
+    };
+}
+#[cfg(test)]
+pub const TEMPLATE_COLS: &str = template_cols!();
+pub const INSERT_TEMPLATE: &str = concat!(
+    "INSERT INTO message_templates (",
+    template_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+);
+pub const GET_TEMPLATE: &str = concat!(
+    "SELECT ",
+    template_cols!(),
+    " FROM message_templates WHERE id = $1"
+);
+pub const LIST_TEMPLATES: &str = concat!(
+    "SELECT ",
+    template_cols!(),
+    " FROM message_templates WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
+);
+pub const REVIEW_TEMPLATE: &str = "UPDATE message_templates SET status = $1, review_note = $2, reviewed_by = $3, \
+     reviewed_at_ms = $4 WHERE id = $5 AND status = 'pending'";
+pub const DELETE_TEMPLATE: &str = "DELETE FROM message_templates WHERE id = $1";
+pub const GET_POLICY: &str = "SELECT policy FROM messaging_policies WHERE account_id = $1";
+pub const PUT_POLICY: &str = "INSERT INTO messaging_policies (account_id, policy, updated_at_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (account_id) DO UPDATE SET policy = excluded.policy, updated_at_ms = excluded.updated_at_ms";
+
+// ------------------------------------------------------------------- dispatch --
+
+macro_rules! dispatch_cols {
+    () => {
+        "id, account_id, status, contact_id, steps_ct, step_count, current_step, current_message_id, \
+         step_started_at_ms, step_deadline_ms, watch_channel, watch_sender, watch_peer_bidx, wake_at_ms, \
+         outcome, created_by, created_at_ms, updated_at_ms, final_at_ms"
+    };
+}
+#[cfg(test)]
+pub const DISPATCH_COLS: &str = dispatch_cols!();
+pub const INSERT_DISPATCH: &str = concat!(
+    "INSERT INTO dispatches (",
+    dispatch_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+);
+pub const GET_DISPATCH: &str = concat!(
+    "SELECT ",
+    dispatch_cols!(),
+    " FROM dispatches WHERE id = $1"
+);
+pub const LIST_DISPATCHES: &str = concat!(
+    "SELECT ",
+    dispatch_cols!(),
+    " FROM dispatches WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
+);
+pub const CLAIM_DISPATCHES_SQLITE: &str = concat!(
+    "UPDATE dispatches SET lease_until_ms = $1 WHERE id IN (SELECT id FROM dispatches WHERE status = 'running' \
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3) RETURNING ",
+    dispatch_cols!()
+);
+pub const CLAIM_DISPATCHES_PG: &str = concat!(
+    "UPDATE dispatches SET lease_until_ms = $1 WHERE id IN (SELECT id FROM dispatches WHERE status = 'running' \
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+    dispatch_cols!()
+);
+/// A nudge that came while the worker was looking makes the dispatch due at once.
+pub const ADVANCE_DISPATCH: &str = "UPDATE dispatches SET status = $1, current_step = $2, current_message_id = $3, \
+     step_started_at_ms = $4, step_deadline_ms = $5, watch_channel = $6, watch_sender = $7, watch_peer_bidx = $8, \
+     wake_at_ms = CASE WHEN nudged_at_ms >= $9 THEN $9 ELSE $10 END, lease_until_ms = 0, outcome = $11, \
+     final_at_ms = $12, updated_at_ms = $13 WHERE id = $14 AND status = 'running'";
+pub const INSERT_DISPATCH_STEP: &str = "INSERT INTO dispatch_steps (dispatch_id, step_index, channel, message_id, status, \
+     reason, started_at_ms, ended_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub const UPDATE_DISPATCH_STEP: &str = "UPDATE dispatch_steps SET status = $1, reason = $2, started_at_ms = $3, \
+     ended_at_ms = $4 WHERE dispatch_id = $5 AND step_index = $6";
+pub const DISPATCH_STEPS: &str = "SELECT dispatch_id, step_index, channel, message_id, status, reason, started_at_ms, \
+     ended_at_ms FROM dispatch_steps WHERE dispatch_id = $1 ORDER BY step_index";
+pub const CANCEL_DISPATCH: &str = "UPDATE dispatches SET status = 'cancelled', outcome = 'cancelled', final_at_ms = $1, \
+     updated_at_ms = $1, watch_channel = NULL, watch_sender = NULL, watch_peer_bidx = NULL \
+     WHERE id = $2 AND status = 'running'";
+pub const CANCEL_DISPATCH_STEPS: &str = "UPDATE dispatch_steps SET status = 'cancelled', ended_at_ms = $1 \
+     WHERE dispatch_id = $2 AND status IN ('pending', 'waiting')";
+/// The ids come as one JSON array, so a whole batch of receipts is one statement.
+pub const NUDGE_MESSAGES_SQLITE: &str = "UPDATE dispatches SET nudged_at_ms = $1, wake_at_ms = $1 WHERE status = 'running' \
+     AND current_message_id IN (SELECT value FROM json_each($2))";
+pub const NUDGE_MESSAGES_PG: &str = "UPDATE dispatches SET nudged_at_ms = $1, wake_at_ms = $1 WHERE status = 'running' \
+     AND current_message_id IN (SELECT jsonb_array_elements_text($2::jsonb))";
+pub const NUDGE_REPLY: &str = "UPDATE dispatches SET nudged_at_ms = $1, wake_at_ms = $1 WHERE status = 'running' \
+     AND account_id = $2 AND watch_channel = $3 AND watch_sender = $4 AND watch_peer_bidx = $5";
 
 #[cfg(test)]
 pub const ALL: &[&str] = &[
@@ -386,6 +486,29 @@ pub const ALL: &[&str] = &[
     PURGE_RECEIPTS,
     UPSERT_CONSENT,
     CONSENTS_FOR,
+    HAS_EXCHANGED,
+    INBOUND_FROM,
+    INSERT_TEMPLATE,
+    GET_TEMPLATE,
+    LIST_TEMPLATES,
+    REVIEW_TEMPLATE,
+    DELETE_TEMPLATE,
+    GET_POLICY,
+    PUT_POLICY,
+    INSERT_DISPATCH,
+    GET_DISPATCH,
+    LIST_DISPATCHES,
+    CLAIM_DISPATCHES_SQLITE,
+    CLAIM_DISPATCHES_PG,
+    ADVANCE_DISPATCH,
+    INSERT_DISPATCH_STEP,
+    UPDATE_DISPATCH_STEP,
+    DISPATCH_STEPS,
+    CANCEL_DISPATCH,
+    CANCEL_DISPATCH_STEPS,
+    NUDGE_MESSAGES_SQLITE,
+    NUDGE_MESSAGES_PG,
+    NUDGE_REPLY,
 ];
 
 #[cfg(test)]
@@ -435,6 +558,17 @@ mod tests {
             super::LIST_DELIVERIES,
         ] {
             assert!(sql.contains(super::DELIVERY_COLS_));
+        }
+        for sql in [
+            super::GET_DISPATCH,
+            super::LIST_DISPATCHES,
+            super::CLAIM_DISPATCHES_SQLITE,
+            super::CLAIM_DISPATCHES_PG,
+        ] {
+            assert!(sql.contains(super::DISPATCH_COLS));
+        }
+        for sql in [super::GET_TEMPLATE, super::LIST_TEMPLATES] {
+            assert!(sql.contains(super::TEMPLATE_COLS));
         }
         for sql in [super::GET_CONTACT, super::LIST_CONTACTS] {
             assert!(sql.contains(super::CONTACT_COLS_));

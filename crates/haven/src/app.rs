@@ -21,6 +21,7 @@ pub struct Opened {
     pub contacts: Arc<haven_contacts::Contacts>,
     pub webhooks: Arc<haven_webhooks::Webhooks>,
     pub messaging: Arc<haven_messaging::Messaging>,
+    pub dispatch: Arc<haven_dispatch::Dispatcher>,
     pub identity: Arc<Identity>,
     pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
@@ -231,6 +232,16 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         let webhooks = Arc::clone(&webhooks);
         messaging.on_events(Arc::new(move || webhooks.notify()));
     }
+    let dispatch = haven_dispatch::Dispatcher::new(
+        store.dispatch(),
+        Arc::clone(&messaging),
+        Arc::new(audit.clone()),
+        haven_dispatch::DispatchSettings::default(),
+    );
+    {
+        let webhooks = Arc::clone(&webhooks);
+        dispatch.on_events(Arc::new(move || webhooks.notify()));
+    }
     Ok(Opened {
         store,
         master,
@@ -238,6 +249,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         contacts,
         webhooks,
         messaging,
+        dispatch,
         identity,
         audit_log,
         audit,
@@ -249,6 +261,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
 impl Opened {
     pub async fn close(self) {
         self.audit.flush().await;
+        drop(self.dispatch);
         drop(self.messaging);
         drop(self.webhooks);
         drop(self.contacts);

@@ -100,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         contacts: Arc::clone(&opened.contacts),
         webhooks: Arc::clone(&opened.webhooks),
         messaging: Arc::clone(&opened.messaging),
+        dispatch: Arc::clone(&opened.dispatch),
         audit: Arc::clone(&opened.audit_log),
         root_account_id: opened
             .identity
@@ -180,6 +181,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     let webhook_worker = tokio::spawn(Arc::clone(&opened.webhooks).run());
     let message_sender = tokio::spawn(Arc::clone(&opened.messaging).run_sender());
     let message_receipts = tokio::spawn(Arc::clone(&opened.messaging).run_receipts());
+    let dispatch_worker = tokio::spawn(Arc::clone(&opened.dispatch).run());
     if !config.webhooks.allow_targets.is_empty() {
         tracing::warn!(allow = ?config.webhooks.allow_targets, "webhooks may target these private addresses, over plain HTTP too (webhooks.allow_targets); leave it empty in production");
     }
@@ -293,6 +295,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     webhook_worker.abort();
     message_sender.abort();
     message_receipts.abort();
+    dispatch_worker.abort();
     // Sends already handed to a carrier finish (bounded by the carrier's own timeouts); the
     // rest stay queued for the next start.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -54,13 +54,17 @@ pub struct MessageView {
     pub final_at: Option<String>,
     /// Outbound: when Haven stops trying (the time to live).
     pub expires_at: Option<String>,
+    /// The approved template the content was rendered from.
+    pub template_id: Option<String>,
+    /// Held by the account's quiet hours until then (the time to live counts from then).
+    pub send_after: Option<String>,
 }
 
 impl From<Message> for MessageView {
     fn from(m: Message) -> Self {
-        let (subject, text, html) = match m.content {
-            Some(c) => (c.subject, Some(c.text), c.html),
-            None => (None, None, None),
+        let (subject, text, html, template_id) = match m.content {
+            Some(c) => (c.subject, Some(c.text), c.html, c.template_id),
+            None => (None, None, None, None),
         };
         let outbound = m.direction == haven_messaging::Direction::Outbound;
         Self {
@@ -86,6 +90,8 @@ impl From<Message> for MessageView {
             submitted_at: rfc3339(m.submitted_at_ms),
             final_at: rfc3339(m.final_at_ms),
             expires_at: rfc3339(outbound.then_some(m.expires_at_ms)),
+            template_id,
+            send_after: rfc3339(m.send_after_ms),
         }
     }
 }
@@ -112,9 +118,9 @@ pub struct SendMessage {
     /// Email only; required there.
     pub subject: Option<String>,
     /// The text: up to 1,600 characters for SMS (split into segments as needed, GSM 03.38 or
-    /// UCS-2 chosen per message); up to 256 KiB for email.
+    /// UCS-2 chosen per message); up to 256 KiB for email. Required unless `template` is given.
     #[schema(example = "Your appointment is tomorrow at 10:00. Reply YES to confirm.")]
-    pub text: String,
+    pub text: Option<String>,
     /// Email only: an HTML alternative to `text`.
     pub html: Option<String>,
     /// Your own reference, up to 100 characters, returned with the message and filterable.
@@ -128,6 +134,50 @@ pub struct SendMessage {
     /// out) or `marketing` (needs the recipient's recorded opt-in).
     #[schema(example = "transactional")]
     pub purpose: Option<String>,
+    /// An approved template of the account instead of `text`, `subject` and `html`.
+    pub template: Option<TemplateUse>,
+    /// Urgent messages (codes, care alerts) are sent during the account's quiet hours.
+    pub urgent: Option<bool>,
+    /// The recipient's IANA time zone, for quiet hours; default: the policy's.
+    #[schema(example = "America/Chicago")]
+    pub timezone: Option<String>,
+}
+
+/// Which template to send, and its parameters.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateUse {
+    #[schema(example = "tpl_01jd3k2m4n5p6q7r8s9t0v1w2x")]
+    pub id: String,
+    /// A value for every `{{slot}}` of the template (up to 500 characters each); in HTML they
+    /// are escaped.
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
+impl SendMessage {
+    pub fn into_request(self) -> SendRequest {
+        let (template_id, parameters) = match self.template {
+            Some(t) => (Some(t.id), Some(t.parameters)),
+            None => (None, None),
+        };
+        SendRequest {
+            channel: self.channel,
+            to: self.to,
+            from: self.from,
+            subject: self.subject,
+            text: self.text,
+            html: self.html,
+            client_ref: self.client_ref,
+            ttl_seconds: self.ttl_seconds,
+            receipt: self.receipt,
+            purpose: self.purpose,
+            template_id,
+            parameters,
+            urgent: self.urgent,
+            timezone: self.timezone,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -161,19 +211,7 @@ pub async fn send_message(
     headers: HeaderMap,
     body: ApiJson<SendMessage>,
 ) -> Result<Response, Problem> {
-    let b = body.value;
-    let req = SendRequest {
-        channel: b.channel,
-        to: b.to,
-        from: b.from,
-        subject: b.subject,
-        text: Some(b.text),
-        html: b.html,
-        client_ref: b.client_ref,
-        ttl_seconds: b.ttl_seconds,
-        receipt: b.receipt,
-        purpose: b.purpose,
-    };
+    let req = body.value.into_request();
     let meta = auth.meta();
     idempotency::once(
         &st,

@@ -1,10 +1,12 @@
 pub mod accounts;
 pub mod audit;
 pub mod contacts;
+pub mod dispatch;
 pub mod keys;
 pub mod messages;
 pub mod oauth;
 pub mod system;
+pub mod templates;
 pub mod webhooks;
 
 use haven_platform::page::PageRequest;

@@ -15,3 +15,4 @@ mod oauth;
 mod peers;
 mod surface;
 mod webhooks;
+mod workflows;

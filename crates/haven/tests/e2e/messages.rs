@@ -22,7 +22,11 @@ both_backends!(
 );
 
 /// A server whose configuration file holds `toml`; the file lives as long as the guard.
-async fn start(backend: Backend, toml: &str, env: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
+pub(crate) async fn start(
+    backend: Backend,
+    toml: &str,
+    env: &[(&str, &str)],
+) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("haven.toml");
     std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
@@ -49,7 +53,7 @@ async fn start(backend: Backend, toml: &str, env: &[(&str, &str)]) -> (Server, t
     (s, dir)
 }
 
-async fn register(s: &Server, channel: &str, address: &str) -> Value {
+pub(crate) async fn register(s: &Server, channel: &str, address: &str) -> Value {
     let (st, b) = send(
         s.admin(Method::POST, "/v1/senders")
             .json(&json!({ "channel": channel, "address": address })),
@@ -59,21 +63,21 @@ async fn register(s: &Server, channel: &str, address: &str) -> Value {
     b
 }
 
-async fn post_message(s: &Server, body: Value) -> Value {
+pub(crate) async fn post_message(s: &Server, body: Value) -> Value {
     let (st, b) = send(s.admin(Method::POST, "/v1/messages").json(&body)).await;
     assert_eq!(st, 202, "{b}");
     assert_eq!(b["status"], "accepted", "{b}");
     b
 }
 
-async fn get_message(s: &Server, id: &str) -> Value {
+pub(crate) async fn get_message(s: &Server, id: &str) -> Value {
     let (st, b) = send(s.admin(Method::GET, &format!("/v1/messages/{id}"))).await;
     assert_eq!(st, 200, "{b}");
     b
 }
 
 /// Polls a message until its status is one of `want`.
-async fn wait_status(s: &Server, id: &str, want: &[&str], secs: u64) -> Value {
+pub(crate) async fn wait_status(s: &Server, id: &str, want: &[&str], secs: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let m = get_message(s, id).await;
