@@ -515,6 +515,7 @@ impl Dispatcher {
                     .send_step(
                         &row.account_id,
                         row.created_by.clone(),
+                        &row.id,
                         &step.message_id,
                         spec.message.clone(),
                     )
@@ -523,9 +524,11 @@ impl Dispatcher {
                     Ok(sent) => {
                         row.current_message_id = Some(sent.message.id.clone());
                         row.step_started_at_ms = Some(now);
+                        // A message held by quiet hours has its whole timeout after it goes.
+                        let goes_at = sent.message.send_after_ms.unwrap_or(now).max(now);
                         row.step_deadline_ms = spec
                             .timeout_seconds
-                            .map(|t| now + i64::try_from(t).unwrap_or(0) * 1000);
+                            .map(|t| goes_at + i64::try_from(t).unwrap_or(0) * 1000);
                         let watch = matches!(spec.until, Until::Replied | Until::RepliedWith(_));
                         row.watch_channel = watch.then(|| sent.message.channel.as_str().to_owned());
                         row.watch_sender = watch.then(|| sent.sender_id.clone());

@@ -545,7 +545,7 @@ impl Messaging {
                 id,
                 &v,
                 &sender,
-                true,
+                None,
             )
             .await?;
         self.audit(p, meta, AuditAction::MessageSent, "message", &m.id, true)
@@ -585,8 +585,9 @@ impl Messaging {
         Ok((v, sender))
     }
 
-    /// Stores a prepared message under `id` once consent, first contact and (when `limit`)
-    /// the account's rate allow it; holds it until quiet hours end unless it is urgent.
+    /// Stores a prepared message under `id` once consent, first contact and the account's
+    /// rate allow it; holds it until quiet hours end unless it is urgent. A workflow's step is
+    /// not rate limited: the workflow was accepted already, and a step cannot be answered 429.
     async fn accept(
         &self,
         account_id: &str,
@@ -594,7 +595,7 @@ impl Messaging {
         id: String,
         v: &ValidSend,
         sender: &SenderRow,
-        limit: bool,
+        workflow_id: Option<&str>,
     ) -> MessagingResult<(Message, Vec<u8>)> {
         let bidx = self.address_index(account_id, v.channel, &v.to).await?;
         self.check_consent(account_id, v.channel, &bidx, v.purpose)
@@ -611,13 +612,16 @@ impl Messaging {
                 .increment(1);
             return Err(MessagingError::TemplateRequired);
         }
-        if limit && let Err(retry_after) = self.limiter.check(account_id) {
+        if workflow_id.is_none()
+            && let Err(retry_after) = self.limiter.check(account_id)
+        {
             metrics::counter!("haven_messages_rate_limited_total").increment(1);
             return Err(MessagingError::RateLimited { retry_after });
         }
         let mut row = self.sealed_row(account_id, created_by, id, v).await?;
         row.sender_id = Some(sender.id.clone());
         row.peer_bidx = Some(bidx.clone());
+        row.workflow_id = workflow_id.map(str::to_owned);
         if !v.urgent
             && let Some(until) = policy.hold_until(row.created_at_ms, v.timezone.as_deref())
         {
@@ -658,12 +662,14 @@ impl Messaging {
         ))
     }
 
-    /// Sends one step of a workflow as message `id`, exactly once however often it is asked
-    /// (a step retried after a crash finds its message stored and sends nothing new).
+    /// Sends one step of workflow `workflow_id` as message `id`, exactly once however often
+    /// it is asked (a step retried after a crash finds its message stored and sends nothing
+    /// new). The workflow hears of the message's changes through the [`MessageObserver`].
     pub async fn send_step(
         &self,
         account_id: &str,
         created_by: Option<String>,
+        workflow_id: &str,
         id: &str,
         req: SendRequest,
     ) -> MessagingResult<StepSent> {
@@ -676,7 +682,14 @@ impl Messaging {
         }
         let (v, sender) = self.prepare(account_id, req).await?;
         let (message, peer_bidx) = self
-            .accept(account_id, created_by, id.to_owned(), &v, &sender, false)
+            .accept(
+                account_id,
+                created_by,
+                id.to_owned(),
+                &v,
+                &sender,
+                Some(workflow_id),
+            )
             .await?;
         Ok(StepSent {
             message,
@@ -820,6 +833,7 @@ impl Messaging {
             client_ref_ct,
             client_ref_bidx,
             peer_bidx: None,
+            workflow_id: None,
             want_receipt: v.receipt,
             parts: 0,
             route: None,

@@ -237,6 +237,7 @@ impl Messaging {
                             let me = Arc::clone(&self);
                             tokio::spawn(async move {
                                 let id = row.id.clone();
+                                let workflow = row.workflow_id.is_some();
                                 let outcome = me.attempt(row).await;
                                 let wrote_event = !matches!(outcome, Outcome::Retry { .. });
                                 if let Err(e) = me.outcome_writer.submit(outcome).await {
@@ -244,7 +245,9 @@ impl Messaging {
                                     tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
                                 } else if wrote_event {
                                     me.events_written();
-                                    me.changed(std::slice::from_ref(&id)).await;
+                                    if workflow {
+                                        me.changed(std::slice::from_ref(&id)).await;
+                                    }
                                 }
                                 drop(permit);
                                 me.wake_sender.notify_one();
@@ -346,6 +349,7 @@ impl Messaging {
             client_ref_ct: None,
             client_ref_bidx: None,
             peer_bidx: Some(peer_bidx.clone()),
+            workflow_id: None,
             want_receipt: false,
             parts: 1,
             route: None,

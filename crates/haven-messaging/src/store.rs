@@ -36,6 +36,8 @@ pub struct MessageRow {
     pub client_ref_bidx: Option<Vec<u8>>,
     /// Blind index of the patient's address (`to` outbound, `from` inbound).
     pub peer_bidx: Option<Vec<u8>>,
+    /// The workflow (a dispatch) this message is a step of; its changes are reported to it.
+    pub workflow_id: Option<String>,
     pub want_receipt: bool,
     pub parts: i64,
     pub route: Option<String>,
@@ -260,7 +262,7 @@ pub trait MessageStore: Send + Sync {
     /// change the message's status; all in one transaction with the message row locked.
     /// Receipts with no part yet stay (their part may still be being recorded) until they are
     /// older than `drop_before_ms`.
-    /// Returns how many receipts were applied and the messages whose status changed.
+    /// Returns how many receipts were applied and the workflow messages whose status changed.
     async fn apply_receipts(
         &self,
         limit: i64,

@@ -30,6 +30,7 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     pub webhooks: WebhooksConfig,
     pub messages: MessagesConfig,
+    pub dispatch: DispatchConfig,
     pub sms: SmsConfig,
     pub email: EmailConfig,
 }
@@ -49,6 +50,7 @@ impl Default for Config {
             encryption: EncryptionConfig::default(),
             webhooks: WebhooksConfig::default(),
             messages: MessagesConfig::default(),
+            dispatch: DispatchConfig::default(),
             sms: SmsConfig::default(),
             email: EmailConfig::default(),
         }
@@ -100,6 +102,27 @@ impl Default for WebhooksConfig {
             retry_schedule_seconds: vec![5, 300, 1800, 7200, 18_000, 36_000, 36_000, 36_000],
             timeout_seconds: 15,
             concurrency: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// The longest a waiting step goes unexamined. A step normally reacts at once to its
+    /// message's receipt or the patient's reply; this bounds the delay when that notice was
+    /// lost (a node died in between).
+    pub recheck_seconds: u64,
+    /// How long a node holds a dispatch it is advancing; another node takes it over after
+    /// this if the node dies.
+    pub lease_seconds: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            recheck_seconds: 30,
+            lease_seconds: 30,
         }
     }
 }
@@ -515,6 +538,7 @@ const SECTIONS: &[&str] = &[
     "encryption",
     "webhooks",
     "messages",
+    "dispatch",
     "sms",
     "email",
 ];
@@ -754,6 +778,19 @@ impl Config {
     }
 
     fn validate_channels(&self, p: &mut Vec<ConfigProblem>) {
+        let d = &self.dispatch;
+        if !(1..=3600).contains(&d.recheck_seconds) {
+            p.push(problem(
+                "dispatch.recheck_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(5..=3600).contains(&d.lease_seconds) {
+            p.push(problem(
+                "dispatch.lease_seconds",
+                "must be between 5 and 3600",
+            ));
+        }
         let m = &self.messages;
         if !(1..=3600).contains(&m.lease_seconds) {
             p.push(problem(
@@ -1008,6 +1045,7 @@ fn check_shape(root: &toml::Table, problems: &mut Vec<ConfigProblem>) {
             "encryption" => check_section::<EncryptionConfig>(key, value, problems, &[]),
             "webhooks" => check_section::<WebhooksConfig>(key, value, problems, &[]),
             "messages" => check_section::<MessagesConfig>(key, value, problems, &[]),
+            "dispatch" => check_section::<DispatchConfig>(key, value, problems, &[]),
             "sms" => check_section::<SmsConfig>(key, value, problems, &[]),
             "email" => check_section::<EmailConfig>(key, value, problems, &[]),
             "data_dir" => {

@@ -38,6 +38,7 @@ macro_rules! impl_message_store {
                     client_ref_ct: r.try_get("client_ref_ct").map_err(backend)?,
                     client_ref_bidx: r.try_get("client_ref_bidx").map_err(backend)?,
                     peer_bidx: r.try_get("peer_bidx").map_err(backend)?,
+                    workflow_id: r.try_get("workflow_id").map_err(backend)?,
                     want_receipt: r.try_get("want_receipt").map_err(backend)?,
                     parts: r.try_get("parts").map_err(backend)?,
                     route: r.try_get("route").map_err(backend)?,
@@ -378,6 +379,7 @@ macro_rules! impl_message_store {
                         .bind(m.submitted_at_ms)
                         .bind(m.final_at_ms)
                         .bind(&m.peer_bidx)
+                        .bind(&m.workflow_id)
                         .execute(&mut *tx)
                         .await
                         .map_err(backend)?;
@@ -628,7 +630,11 @@ macro_rules! impl_message_store {
                                 .map_err(backend)?;
                             if done.rows_affected() > 0 {
                                 events.push(change.event);
-                                changed.push(mid.clone());
+                                let workflow: Option<String> =
+                                    h.try_get("workflow_id").map_err(backend)?;
+                                if workflow.is_some() {
+                                    changed.push(mid.clone());
+                                }
                             }
                         }
                     }

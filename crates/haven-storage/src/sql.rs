@@ -217,7 +217,7 @@ macro_rules! message_cols {
         "id, account_id, direction, channel, status, sender_id, contact_id, to_ct, from_ct, content_ct, \
          client_ref_ct, client_ref_bidx, want_receipt, parts, route, error_code, error_reason, attempts, \
          next_attempt_at_ms, expires_at_ms, created_by, created_at_ms, updated_at_ms, submitted_at_ms, final_at_ms, \
-         peer_bidx"
+         peer_bidx, workflow_id"
     };
 }
 
@@ -233,7 +233,7 @@ pub const INSERT_MESSAGE: &str = concat!(
     "INSERT INTO messages (",
     message_cols!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-     $21, $22, $23, $24, $25, $26)"
+     $21, $22, $23, $24, $25, $26, $27)"
 );
 pub const GET_MESSAGE: &str = concat!("SELECT ", message_cols!(), " FROM messages WHERE id = $1");
 pub const LIST_MESSAGES: &str = concat!(
@@ -274,9 +274,9 @@ pub const MATCHED_RECEIPTS_PG: &str = "SELECT r.id, r.state, r.error_code, r.at_
      FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
      ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED";
 pub const LOCK_MESSAGE_SQLITE: &str =
-    "SELECT id, account_id, channel, status FROM messages WHERE id = $1";
+    "SELECT id, account_id, channel, status, workflow_id FROM messages WHERE id = $1";
 pub const LOCK_MESSAGE_PG: &str =
-    "SELECT id, account_id, channel, status FROM messages WHERE id = $1 FOR UPDATE";
+    "SELECT id, account_id, channel, status, workflow_id FROM messages WHERE id = $1 FOR UPDATE";
 /// A final part state is never replaced by a later, non-final one.
 pub const UPDATE_PART: &str = "UPDATE message_parts SET state = $1, error_code = $2, updated_at_ms = $3 \
      WHERE route = $4 AND provider_id = $5 AND state NOT IN ('delivered', 'failed', 'expired', 'rejected')";

@@ -236,7 +236,11 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         store.dispatch(),
         Arc::clone(&messaging),
         Arc::new(audit.clone()),
-        haven_dispatch::DispatchSettings::default(),
+        haven_dispatch::DispatchSettings {
+            recheck: std::time::Duration::from_secs(config.dispatch.recheck_seconds),
+            lease: std::time::Duration::from_secs(config.dispatch.lease_seconds),
+            ..Default::default()
+        },
     );
     {
         let webhooks = Arc::clone(&webhooks);

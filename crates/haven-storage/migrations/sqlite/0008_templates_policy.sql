@@ -2,6 +2,8 @@
 -- contact only with an approved template, allowed link domains, quiet hours), and the blind
 -- index of the patient's address on every message (first-contact checks, replies for Dispatch).
 ALTER TABLE messages ADD COLUMN peer_bidx BLOB;
+-- The workflow (a dispatch) a message is a step of: only those changes are reported to it.
+ALTER TABLE messages ADD COLUMN workflow_id TEXT;
 CREATE INDEX messages_by_peer ON messages (account_id, channel, peer_bidx, created_at_ms)
     WHERE peer_bidx IS NOT NULL;
 

@@ -434,6 +434,8 @@ pub const ALL_SCOPES: &[&str] = &[
     "audit:admin",
     "webhooks:admin",
     "messages:admin",
+    "templates:admin",
+    "dispatch:admin",
 ];
 
 /// The Python interpreter of the test venv, where the third-party clients live.

@@ -29,6 +29,13 @@ async fn subaccounts_cannot_see_each_other(backend: Backend) {
     let (kb, sb) = create_key(&s, &b, ALL_SCOPES).await;
     let b_token = token(&s, &kb, &sb).await;
     let a_token = token(&s, &ka, &sa).await;
+    let (st, tpl) = send(
+        s.as_key(Method::POST, "/v1/templates", &kb, &sb)
+            .json(&json!({"name": "b", "channel": "sms", "text": "Hello {{name}}"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{tpl}");
+    let tpl = tpl["id"].as_str().unwrap_or_default().to_owned();
 
     let routes: Vec<(Method, String, Option<serde_json::Value>)> = vec![
         (Method::GET, format!("/v1/accounts/{b}"), None),
@@ -55,6 +62,18 @@ async fn subaccounts_cannot_see_each_other(backend: Backend) {
             Some(json!({})),
         ),
         (Method::DELETE, format!("/v1/accounts/{b}/keys/{kb}"), None),
+        (Method::GET, format!("/v1/templates/{tpl}"), None),
+        (
+            Method::POST,
+            format!("/v1/templates/{tpl}/approve"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/templates/{tpl}/reject"),
+            Some(json!({})),
+        ),
+        (Method::DELETE, format!("/v1/templates/{tpl}"), None),
         // B's key under A's own account path.
         (Method::GET, format!("/v1/accounts/{a}/keys/{kb}"), None),
         (

@@ -381,7 +381,13 @@ async fn dispatch_fails_over_until_confirmed(backend: Backend) {
     let relay = SmtpRelay::start();
     let r = Receiver::start();
     let toml = format!("{}{}", smsc.config("primary"), relay.config());
-    let (s, _cfg) = start(backend, &toml, &[]).await;
+    // No recheck within the test: every step reacts to its message's change or the reply.
+    let (s, _cfg) = start(
+        backend,
+        &toml,
+        &[("HAVEN_DISPATCH__RECHECK_SECONDS", "600")],
+    )
+    .await;
     let (_, secret) = endpoint(&s, &r.url(), json!(["dispatch.*"])).await;
     r.set("secrets", &secret);
     register(&s, "sms", "+14155550199").await;
