@@ -50,6 +50,7 @@ pub struct AppState {
     pub webhooks: Arc<haven_webhooks::Webhooks>,
     pub messaging: Arc<haven_messaging::Messaging>,
     pub dispatch: Arc<haven_dispatch::Dispatcher>,
+    pub verify: Arc<haven_verify::Verifier>,
     pub audit: Arc<haven_audit::AuditLog>,
     /// The operator's account, made at bootstrap.
     pub root_account_id: String,
@@ -78,6 +79,7 @@ pub struct AppState {
         (name = "messages", description = "SMS and email: send, track delivery, receive replies"),
         (name = "senders", description = "Numbers, sender ids and addresses an account sends from"),
         (name = "templates", description = "Message templates with an approval state"),
+        (name = "verify", description = "One-time codes over SMS and email with fail-over between channels"),
         (name = "dispatch", description = "Workflows that fail a message over from channel to channel until the patient confirms"),
         (name = "webhooks", description = "Signed webhooks (Standard Webhooks) with a durable outbox, retries and replay"),
         (name = "audit", description = "The tamper-evident audit log (RFC 6962 Merkle tree)"),
@@ -104,7 +106,8 @@ impl Modify for SecuritySchemes {
 /// Every route with its documentation; the two cannot drift apart.
 fn api() -> OpenApiRouter<Arc<AppState>> {
     use routes::{
-        accounts, audit, contacts, dispatch, keys, messages, oauth, system, templates, webhooks,
+        accounts, audit, contacts, dispatch, keys, messages, oauth, system, templates, verify,
+        webhooks,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create_account, accounts::list_accounts))
@@ -136,6 +139,11 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         ))
         .routes(routes!(dispatch::get_dispatch))
         .routes(routes!(dispatch::cancel_dispatch))
+        .routes(routes!(verify::start_verification))
+        .routes(routes!(verify::get_verification))
+        .routes(routes!(verify::check_code))
+        .routes(routes!(verify::cancel_verification))
+        .routes(routes!(verify::next_channel))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(
             webhooks::get_endpoint,

@@ -8,6 +8,7 @@ use haven_dispatch::DispatchError;
 use haven_identity::{FieldError, IdentityError};
 use haven_messaging::MessagingError;
 use haven_vault::VaultError;
+use haven_verify::VerifyError;
 use haven_webhooks::WebhooksError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -90,6 +91,18 @@ catalogue! {
         "A link in the message points outside the domains the account's messaging policy allows (`link_domains`), a guard against smishing. Nothing was sent and nothing is charged."),
     DispatchEnded => ("dispatch-ended", StatusCode::CONFLICT, "Dispatch ended",
         "The dispatch has succeeded, failed or been cancelled already."),
+    VerificationEnded => ("verification-ended", StatusCode::CONFLICT, "Verification ended",
+        "The verification is no longer pending: it was completed (a code works once), failed after too many wrong codes, expired, was cancelled, or was superseded by a newer verification to the same recipient. Start a new one."),
+    VerificationExpired => ("verification-expired", StatusCode::GONE, "Code expired",
+        "The code's time ran out before it was checked. Start a new verification."),
+    CodeMismatch => ("code-mismatch", StatusCode::UNPROCESSABLE_ENTITY, "Wrong code",
+        "The code does not match. `attempts_remaining` says how many checks are left; the last wrong code fails the verification."),
+    NoNextChannel => ("no-next-channel", StatusCode::CONFLICT, "No further channel",
+        "The verification's workflow has no channel after the current one."),
+    VerificationBusy => ("verification-busy", StatusCode::CONFLICT, "Verification busy",
+        "The verification is being moved to its next channel right now. Retry in a moment."),
+    VerifyRateLimited => ("verify-rate-limited", StatusCode::TOO_MANY_REQUESTS, "Too many verifications",
+        "The account started too many verifications to this recipient recently. Nothing was sent; retry after the number of seconds in `Retry-After`."),
     IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
         "This Idempotency-Key was already used with a different request. Use a new key for a new request."),
     IdempotencyKeyInUse => ("idempotency-key-in-use", StatusCode::CONFLICT, "Idempotency key in use",
@@ -117,6 +130,9 @@ pub struct ProblemBody {
     pub instance: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldProblem>,
+    /// `code-mismatch`: checks left before the verification fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_remaining: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -133,6 +149,7 @@ pub struct Problem {
     pub detail: String,
     pub errors: Vec<FieldProblem>,
     pub retry_after: Option<u64>,
+    pub attempts_remaining: Option<i64>,
 }
 
 impl Problem {
@@ -142,6 +159,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            attempts_remaining: None,
         }
     }
 
@@ -167,6 +185,7 @@ impl Problem {
             detail: self.detail.clone(),
             instance: current_request_id(),
             errors: self.errors.clone(),
+            attempts_remaining: self.attempts_remaining,
         }
     }
 }
@@ -403,6 +422,52 @@ impl From<DispatchError> for Problem {
             DispatchError::Identity(e) => e.into(),
             DispatchError::Vault(e) => e.into(),
             DispatchError::Store(e) => Problem::internal(&e),
+        }
+    }
+}
+
+impl From<VerifyError> for Problem {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Invalid(errors) => Problem::new(
+                ProblemType::ValidationFailed,
+                "One or more fields are invalid.",
+            )
+            .with_errors(field_problems(errors)),
+            VerifyError::NotFound => Problem::new(ProblemType::NotFound, "No such resource."),
+            VerifyError::Ended(status) => Problem::new(
+                ProblemType::VerificationEnded,
+                format!("The verification is {status}."),
+            ),
+            VerifyError::Expired => {
+                Problem::new(ProblemType::VerificationExpired, "The code has expired.")
+            }
+            VerifyError::WrongCode { attempts_remaining } => Problem {
+                attempts_remaining: Some(attempts_remaining),
+                ..Problem::new(
+                    ProblemType::CodeMismatch,
+                    format!("Wrong code; {attempts_remaining} attempts remaining."),
+                )
+            },
+            VerifyError::NoNextChannel => Problem::new(
+                ProblemType::NoNextChannel,
+                "There is no channel after the current one.",
+            ),
+            VerifyError::Busy => Problem::new(
+                ProblemType::VerificationBusy,
+                "The verification is moving to its next channel; retry.",
+            ),
+            VerifyError::TooMany { retry_after } => Problem {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Problem::new(
+                    ProblemType::VerifyRateLimited,
+                    "Too many verifications to this recipient; nothing was sent.",
+                )
+            },
+            VerifyError::Messaging(e) => e.into(),
+            VerifyError::Identity(e) => e.into(),
+            VerifyError::Vault(e) => e.into(),
+            VerifyError::Store(e) => Problem::internal(&e),
         }
     }
 }

@@ -379,6 +379,7 @@ impl Messaging {
                 text: text.to_owned(),
                 html: None,
                 template_id: None,
+                secret: None,
             },
             client_ref: None,
             ttl_seconds: crate::model::DEFAULT_TTL_SECONDS,

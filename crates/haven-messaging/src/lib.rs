@@ -644,7 +644,7 @@ impl Messaging {
                 status: MessageStatus::Accepted,
                 to: Some(v.to.clone()),
                 from: Some(v.from.clone()),
-                content: Some(v.content.clone()),
+                content: Some(v.content.masked()),
                 client_ref: v.client_ref.clone(),
                 contact_id: row.contact_id,
                 erased: false,
@@ -885,7 +885,7 @@ impl Messaging {
         let opened = self.open_row(row).await?;
         let erased = opened.is_none();
         let (to, from, content) = match opened {
-            Some((to, from, content)) => (Some(to), Some(from), Some(content)),
+            Some((to, from, content)) => (Some(to), Some(from), Some(content.masked())),
             None => (None, None, None),
         };
         let client_ref = match &row.client_ref_ct {

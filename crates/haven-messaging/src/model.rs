@@ -108,6 +108,30 @@ pub struct Content {
     /// The approved template this was rendered from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
+    /// A one-time secret in the text (a verification code): never shown through the API, and
+    /// removed from the stored content once a carrier took the message (or it ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// What replaces a one-time secret wherever it would be shown or kept.
+pub const SECRET_MASK: &str = "••••••";
+
+impl Content {
+    /// The content with its secret masked (and no longer marked secret).
+    pub fn masked(&self) -> Content {
+        let Some(secret) = self.secret.as_deref().filter(|s| !s.is_empty()) else {
+            return self.clone();
+        };
+        let mask = |t: &str| t.replace(secret, SECRET_MASK);
+        Content {
+            subject: self.subject.as_deref().map(mask),
+            text: mask(&self.text),
+            html: self.html.as_deref().map(mask),
+            template_id: self.template_id.clone(),
+            secret: None,
+        }
+    }
 }
 
 /// A send request as the API received it (and as a workflow keeps it, sealed, until its step).
@@ -131,6 +155,13 @@ pub struct SendRequest {
     pub urgent: Option<bool>,
     /// The recipient's IANA time zone, for quiet hours (else the policy's own).
     pub timezone: Option<String>,
+    /// Set by Haven's own services, never from the API: content Haven wrote itself (a
+    /// verification code's localized text), which counts as an approved template.
+    #[serde(default)]
+    pub system_template: Option<String>,
+    /// Set by Haven's own services: the one-time secret the text carries.
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 impl std::fmt::Debug for SendRequest {
@@ -322,7 +353,10 @@ pub fn validate_send(req: SendRequest) -> Result<ValidSend, Vec<FieldError>> {
         return Err(errors);
     }
     Ok(ValidSend {
-        template_id: req.template_id.clone(),
+        template_id: req
+            .template_id
+            .clone()
+            .or_else(|| req.system_template.clone()),
         urgent: req.urgent.unwrap_or(false),
         timezone: req.timezone,
         purpose,
@@ -333,7 +367,11 @@ pub fn validate_send(req: SendRequest) -> Result<ValidSend, Vec<FieldError>> {
             subject: req.subject,
             text,
             html: req.html,
-            template_id: req.template_id.clone(),
+            template_id: req
+                .template_id
+                .clone()
+                .or_else(|| req.system_template.clone()),
+            secret: req.secret,
         },
         client_ref: req.client_ref,
         ttl_seconds: ttl,

@@ -77,21 +77,58 @@ fn ms(d: Duration) -> i64 {
 
 impl Messaging {
     /// Opens a queued message into what its channel needs.
-    async fn outbound(&self, row: &MessageRow) -> MessagingResult<Option<Outbound>> {
+    /// Opens a queued message into what its channel needs, and, when it carries a one-time
+    /// secret, the content to keep instead once the carrier took it.
+    async fn outbound(
+        &self,
+        row: &MessageRow,
+    ) -> MessagingResult<Option<(Outbound, Option<Vec<u8>>)>> {
         let Some((to, from, content)) = self.open_row(row).await? else {
             return Ok(None);
         };
-        Ok(Some(Outbound {
-            message_id: row.id.clone(),
-            account_id: row.account_id.clone(),
-            to,
-            from,
-            subject: content.subject,
-            text: content.text,
-            html: content.html,
-            want_receipt: row.want_receipt,
-            expires_at_ms: Some(row.expires_at_ms),
-        }))
+        let redacted = self.redacted(row, &content).await?;
+        Ok(Some((
+            Outbound {
+                message_id: row.id.clone(),
+                account_id: row.account_id.clone(),
+                to,
+                from,
+                subject: content.subject,
+                text: content.text,
+                html: content.html,
+                want_receipt: row.want_receipt,
+                expires_at_ms: Some(row.expires_at_ms),
+            },
+            redacted,
+        )))
+    }
+
+    /// The content sealed again with its secret masked; `None` when it has no secret.
+    async fn redacted(
+        &self,
+        row: &MessageRow,
+        content: &Content,
+    ) -> MessagingResult<Option<Vec<u8>>> {
+        if content.secret.is_none() {
+            return Ok(None);
+        }
+        let Some(key) = self.key_of(row).await? else {
+            return Ok(None);
+        };
+        let plain = serde_json::to_vec(&content.masked())
+            .map_err(|_| MessagingError::Vault(haven_vault::VaultError::Integrity("content")))?;
+        Ok(Some(
+            self.seal(&key, &field(&row.account_id, &row.id, "content"), &plain)
+                .await?,
+        ))
+    }
+
+    /// For a message that ends without being sent: its content with any secret masked.
+    async fn redacted_row(&self, row: &MessageRow) -> Option<Vec<u8>> {
+        match self.open_row(row).await {
+            Ok(Some((_, _, content))) => self.redacted(row, &content).await.ok().flatten(),
+            _ => None,
+        }
     }
 
     fn final_outcome(
@@ -102,6 +139,7 @@ impl Messaging {
     ) -> Outcome {
         let at_ms = now_ms();
         Outcome::Final {
+            content_ct: None,
             message_id: row.id.clone(),
             status: status.as_str().to_owned(),
             event: message_event(
@@ -135,12 +173,16 @@ impl Messaging {
     /// One attempt at one leased message.
     async fn attempt(&self, row: MessageRow) -> Outcome {
         if now_ms() >= row.expires_at_ms {
-            return Self::final_outcome(
+            let mut o = Self::final_outcome(
                 &row,
                 MessageStatus::Expired,
                 None,
                 Some("time to live ran out before a carrier took the message".into()),
             );
+            if let Outcome::Final { content_ct, .. } = &mut o {
+                *content_ct = self.redacted_row(&row).await;
+            }
+            return o;
         }
         let Some(kind) = ChannelKind::parse(&row.channel) else {
             return Self::final_outcome(&row, MessageStatus::Failed, None, Some("channel".into()));
@@ -148,7 +190,7 @@ impl Messaging {
         let Some(channel) = self.channel(kind) else {
             return self.retry_outcome(&row, format!("no {kind} channel configured"), None);
         };
-        let out = match self.outbound(&row).await {
+        let (out, redacted) = match self.outbound(&row).await {
             Ok(Some(o)) => o,
             Ok(None) => {
                 return Self::final_outcome(
@@ -197,12 +239,18 @@ impl Messaging {
                     route: s.route,
                     provider_ids: s.provider_ids,
                     at_ms: now_ms(),
+                    content_ct: redacted,
                 }
             }
             Err(SendError::Rejected { code, reason }) => {
                 metrics::counter!("haven_messages_rejected_total", "channel" => kind.as_str())
                     .increment(1);
-                Self::final_outcome(&row, MessageStatus::Rejected, Some(code), Some(reason))
+                let mut o =
+                    Self::final_outcome(&row, MessageStatus::Rejected, Some(code), Some(reason));
+                if let Outcome::Final { content_ct, .. } = &mut o {
+                    *content_ct = redacted;
+                }
+                o
             }
             Err(SendError::Transient {
                 reason,
@@ -326,6 +374,7 @@ impl Messaging {
             text: text.to_owned(),
             html: None,
             template_id: None,
+            secret: None,
         })
         .map_err(|_| MessagingError::Vault(haven_vault::VaultError::Integrity("content")))?;
         let now = now_ms();

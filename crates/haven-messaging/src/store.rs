@@ -96,6 +96,8 @@ pub enum Outcome {
         provider_ids: Vec<String>,
         at_ms: i64,
         event: OutboxEvent,
+        /// The content to keep from now on (a one-time secret masked), if it changes.
+        content_ct: Option<Vec<u8>>,
     },
     /// Not sent; try again at `next_attempt_at_ms`.
     Retry {
@@ -112,6 +114,7 @@ pub enum Outcome {
         reason: Option<String>,
         at_ms: i64,
         event: OutboxEvent,
+        content_ct: Option<Vec<u8>>,
     },
 }
 

@@ -48,6 +48,11 @@ pub enum AuditAction {
     DispatchStarted,
     DispatchRead,
     DispatchCancelled,
+    VerifyStarted,
+    VerifyChecked,
+    VerifyCancelled,
+    VerifyNextChannel,
+    VerifyBlocked,
 }
 
 impl AuditAction {
@@ -92,6 +97,11 @@ impl AuditAction {
             Self::DispatchStarted => "dispatch.started",
             Self::DispatchRead => "dispatch.read",
             Self::DispatchCancelled => "dispatch.cancelled",
+            Self::VerifyStarted => "verify.started",
+            Self::VerifyChecked => "verify.checked",
+            Self::VerifyCancelled => "verify.cancelled",
+            Self::VerifyNextChannel => "verify.next_channel",
+            Self::VerifyBlocked => "verify.blocked",
         }
     }
 }

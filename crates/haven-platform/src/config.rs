@@ -31,6 +31,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub messages: MessagesConfig,
     pub dispatch: DispatchConfig,
+    pub verify: VerifyConfig,
     pub sms: SmsConfig,
     pub email: EmailConfig,
 }
@@ -51,6 +52,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             messages: MessagesConfig::default(),
             dispatch: DispatchConfig::default(),
+            verify: VerifyConfig::default(),
             sms: SmsConfig::default(),
             email: EmailConfig::default(),
         }
@@ -102,6 +104,27 @@ impl Default for WebhooksConfig {
             retry_schedule_seconds: vec![5, 300, 1800, 7200, 18_000, 36_000, 36_000, 36_000],
             timeout_seconds: 15,
             concurrency: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Wrong codes before a verification fails.
+    pub max_attempts: u32,
+    /// Verifications an account may start to one recipient per `recipient_window_seconds`
+    /// (counted in the shared database, so across every node).
+    pub per_recipient: u32,
+    pub recipient_window_seconds: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            per_recipient: 5,
+            recipient_window_seconds: 600,
         }
     }
 }
@@ -539,6 +562,7 @@ const SECTIONS: &[&str] = &[
     "webhooks",
     "messages",
     "dispatch",
+    "verify",
     "sms",
     "email",
 ];
@@ -778,6 +802,19 @@ impl Config {
     }
 
     fn validate_channels(&self, p: &mut Vec<ConfigProblem>) {
+        let v = &self.verify;
+        if !(1..=20).contains(&v.max_attempts) {
+            p.push(problem("verify.max_attempts", "must be between 1 and 20"));
+        }
+        if v.per_recipient == 0 {
+            p.push(problem("verify.per_recipient", "must be at least 1"));
+        }
+        if !(60..=86_400).contains(&v.recipient_window_seconds) {
+            p.push(problem(
+                "verify.recipient_window_seconds",
+                "must be between 60 and 86400",
+            ));
+        }
         let d = &self.dispatch;
         if !(1..=3600).contains(&d.recheck_seconds) {
             p.push(problem(
@@ -1046,6 +1083,7 @@ fn check_shape(root: &toml::Table, problems: &mut Vec<ConfigProblem>) {
             "webhooks" => check_section::<WebhooksConfig>(key, value, problems, &[]),
             "messages" => check_section::<MessagesConfig>(key, value, problems, &[]),
             "dispatch" => check_section::<DispatchConfig>(key, value, problems, &[]),
+            "verify" => check_section::<VerifyConfig>(key, value, problems, &[]),
             "sms" => check_section::<SmsConfig>(key, value, problems, &[]),
             "email" => check_section::<EmailConfig>(key, value, problems, &[]),
             "data_dir" => {

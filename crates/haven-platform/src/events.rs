@@ -29,6 +29,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "dispatch.succeeded",
     "dispatch.failed",
     "dispatch.cancelled",
+    "verify.code_sent",
+    "verify.succeeded",
+    "verify.failed",
+    "verify.expired",
+    "verify.cancelled",
+    "verify.superseded",
 ];
 
 #[derive(Debug, Clone)]

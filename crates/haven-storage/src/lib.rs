@@ -8,6 +8,7 @@ mod messages;
 mod rows;
 mod sql;
 mod vault;
+mod verify;
 mod webhooks;
 
 pub use audit::BufferedAudit;
@@ -146,6 +147,13 @@ impl Store {
     }
 
     pub fn dispatch(&self) -> Arc<dyn haven_dispatch::DispatchStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn verify(&self) -> Arc<dyn haven_verify::VerifyStore> {
         match self {
             Store::Sqlite(s) => Arc::new(s.clone()),
             Store::Postgres(p) => Arc::new(p.clone()),

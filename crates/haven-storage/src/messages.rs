@@ -447,11 +447,13 @@ macro_rules! impl_message_store {
                             provider_ids,
                             at_ms,
                             event,
+                            content_ct,
                         } => {
                             let done = sqlx::query(sql::SUBMIT_MESSAGE)
                                 .bind(route)
                                 .bind(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX))
                                 .bind(at_ms)
+                                .bind(content_ct)
                                 .bind(message_id)
                                 .execute(&mut *tx)
                                 .await
@@ -500,12 +502,14 @@ macro_rules! impl_message_store {
                             reason,
                             at_ms,
                             event,
+                            content_ct,
                         } => {
                             let done = sqlx::query(sql::FINAL_MESSAGE)
                                 .bind(status)
                                 .bind(error_code)
                                 .bind(reason)
                                 .bind(at_ms)
+                                .bind(content_ct)
                                 .bind(message_id)
                                 .execute(&mut *tx)
                                 .await

@@ -257,14 +257,15 @@ pub const CLAIM_MESSAGES_PG: &str = concat!(
     message_cols!()
 );
 pub const SUBMIT_MESSAGE: &str = "UPDATE messages SET status = 'submitted', route = $1, parts = $2, attempts = attempts + 1, \
-     submitted_at_ms = $3, updated_at_ms = $3, lease_until_ms = 0, error_reason = NULL WHERE id = $4 AND status = 'accepted'";
+     submitted_at_ms = $3, updated_at_ms = $3, lease_until_ms = 0, error_reason = NULL, content_ct = COALESCE($4, content_ct) \
+     WHERE id = $5 AND status = 'accepted'";
 pub const DELETE_PARTS: &str = "DELETE FROM message_parts WHERE message_id = $1";
 pub const INSERT_PART: &str = "INSERT INTO message_parts (message_id, part_index, route, provider_id, state, updated_at_ms) \
      VALUES ($1, $2, $3, $4, 'submitted', $5)";
 pub const RETRY_MESSAGE: &str = "UPDATE messages SET attempts = $1, next_attempt_at_ms = $2, error_reason = $3, updated_at_ms = $4, \
      lease_until_ms = 0 WHERE id = $5 AND status = 'accepted'";
 pub const FINAL_MESSAGE: &str = "UPDATE messages SET status = $1, error_code = $2, error_reason = $3, final_at_ms = $4, \
-     updated_at_ms = $4, lease_until_ms = 0 WHERE id = $5 AND status = 'accepted'";
+     updated_at_ms = $4, lease_until_ms = 0, content_ct = COALESCE($5, content_ct) WHERE id = $6 AND status = 'accepted'";
 pub const INSERT_RECEIPT: &str = "INSERT INTO channel_receipts (route, provider_id, state, error_code, at_ms, received_at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 pub const MATCHED_RECEIPTS_SQLITE: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
@@ -390,6 +391,60 @@ pub const NUDGE_MESSAGES_PG: &str = "UPDATE dispatches SET nudged_at_ms = $1, wa
 pub const NUDGE_REPLY: &str = "UPDATE dispatches SET nudged_at_ms = $1, wake_at_ms = $1 WHERE status = 'running' \
      AND account_id = $2 AND watch_channel = $3 AND watch_sender = $4 AND watch_peer_bidx = $5";
 
+// --------------------------------------------------------------------- verify --
+
+macro_rules! verification_cols {
+    () => {
+        "id, account_id, status, brand, locale, code_length, app_domain, workflow_ct, contact_id, recipient_bidx, \
+         step_count, current_step, code_hash, attempts, max_attempts, expiry_ms, channel_timeout_ms, \
+         next_step_at_ms, expires_at_ms, wake_at_ms, created_by, created_at_ms, updated_at_ms, final_at_ms"
+    };
+}
+#[cfg(test)]
+pub const VERIFICATION_COLS: &str = verification_cols!();
+pub const INSERT_VERIFICATION: &str = concat!(
+    "INSERT INTO verifications (",
+    verification_cols!(),
+    ", lease_until_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20, $21, $22, $23, $24, $20)"
+);
+pub const SUPERSEDE_VERIFICATIONS: &str = "UPDATE verifications SET status = 'superseded', code_hash = NULL, \
+     final_at_ms = $1, updated_at_ms = $1 WHERE account_id = $2 AND recipient_bidx = $3 AND status = 'pending' RETURNING id";
+pub const GET_VERIFICATION: &str = concat!(
+    "SELECT ",
+    verification_cols!(),
+    " FROM verifications WHERE id = $1"
+);
+pub const COUNT_RECENT_VERIFICATIONS: &str = "SELECT COUNT(*) AS n FROM verifications WHERE account_id = $1 \
+     AND recipient_bidx = $2 AND created_at_ms >= $3";
+pub const CLAIM_VERIFICATIONS_SQLITE: &str = concat!(
+    "UPDATE verifications SET lease_until_ms = $1 WHERE id IN (SELECT id FROM verifications WHERE status = 'pending' \
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3) RETURNING ",
+    verification_cols!()
+);
+pub const CLAIM_VERIFICATIONS_PG: &str = concat!(
+    "UPDATE verifications SET lease_until_ms = $1 WHERE id IN (SELECT id FROM verifications WHERE status = 'pending' \
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+    verification_cols!()
+);
+pub const LEASE_VERIFICATION: &str = concat!(
+    "UPDATE verifications SET lease_until_ms = $1 WHERE id = $2 AND status = 'pending' AND lease_until_ms <= $3 RETURNING ",
+    verification_cols!()
+);
+pub const SAVE_VERIFICATION: &str = "UPDATE verifications SET status = $1, current_step = $2, code_hash = $3, \
+     next_step_at_ms = $4, expires_at_ms = $5, wake_at_ms = $6, lease_until_ms = $7, updated_at_ms = $8, final_at_ms = $9 \
+     WHERE id = $10 AND status = 'pending'";
+pub const INSERT_VERIFICATION_STEP: &str = "INSERT INTO verification_steps (verification_id, step_index, channel, message_id, \
+     status, reason, sent_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub const UPDATE_VERIFICATION_STEP: &str = "UPDATE verification_steps SET status = $1, reason = $2, sent_at_ms = $3 \
+     WHERE verification_id = $4 AND step_index = $5";
+pub const VERIFICATION_STEPS: &str = "SELECT verification_id, step_index, channel, message_id, status, reason, sent_at_ms \
+     FROM verification_steps WHERE verification_id = $1 ORDER BY step_index";
+pub const TAKE_ATTEMPT: &str = "UPDATE verifications SET attempts = attempts + 1 WHERE id = $1 AND status = 'pending' \
+     AND attempts < max_attempts RETURNING attempts, max_attempts, code_hash, expires_at_ms";
+pub const END_VERIFICATION: &str = "UPDATE verifications SET status = $1, code_hash = NULL, final_at_ms = $2, updated_at_ms = $2 \
+     WHERE id = $3 AND status = 'pending' AND ($4 IS NULL OR code_hash = $4)";
+
 #[cfg(test)]
 pub const ALL: &[&str] = &[
     BOOTSTRAP_ROOT,
@@ -509,6 +564,19 @@ pub const ALL: &[&str] = &[
     NUDGE_MESSAGES_SQLITE,
     NUDGE_MESSAGES_PG,
     NUDGE_REPLY,
+    INSERT_VERIFICATION,
+    SUPERSEDE_VERIFICATIONS,
+    GET_VERIFICATION,
+    COUNT_RECENT_VERIFICATIONS,
+    CLAIM_VERIFICATIONS_SQLITE,
+    CLAIM_VERIFICATIONS_PG,
+    LEASE_VERIFICATION,
+    SAVE_VERIFICATION,
+    INSERT_VERIFICATION_STEP,
+    UPDATE_VERIFICATION_STEP,
+    VERIFICATION_STEPS,
+    TAKE_ATTEMPT,
+    END_VERIFICATION,
 ];
 
 #[cfg(test)]
@@ -558,6 +626,14 @@ mod tests {
             super::LIST_DELIVERIES,
         ] {
             assert!(sql.contains(super::DELIVERY_COLS_));
+        }
+        for sql in [
+            super::GET_VERIFICATION,
+            super::CLAIM_VERIFICATIONS_SQLITE,
+            super::CLAIM_VERIFICATIONS_PG,
+            super::LEASE_VERIFICATION,
+        ] {
+            assert!(sql.contains(super::VERIFICATION_COLS));
         }
         for sql in [
             super::GET_DISPATCH,

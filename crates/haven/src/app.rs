@@ -22,6 +22,7 @@ pub struct Opened {
     pub webhooks: Arc<haven_webhooks::Webhooks>,
     pub messaging: Arc<haven_messaging::Messaging>,
     pub dispatch: Arc<haven_dispatch::Dispatcher>,
+    pub verify: Arc<haven_verify::Verifier>,
     pub identity: Arc<Identity>,
     pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
@@ -246,6 +247,24 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         let webhooks = Arc::clone(&webhooks);
         dispatch.on_events(Arc::new(move || webhooks.notify()));
     }
+    let verify = haven_verify::Verifier::new(
+        store.verify(),
+        Arc::clone(&messaging),
+        Arc::clone(&vault),
+        Arc::new(audit.clone()),
+        haven_verify::VerifySettings {
+            max_attempts: i64::from(config.verify.max_attempts),
+            per_recipient: i64::from(config.verify.per_recipient),
+            recipient_window: std::time::Duration::from_secs(
+                config.verify.recipient_window_seconds,
+            ),
+            ..Default::default()
+        },
+    );
+    {
+        let webhooks = Arc::clone(&webhooks);
+        verify.on_events(Arc::new(move || webhooks.notify()));
+    }
     Ok(Opened {
         store,
         master,
@@ -254,6 +273,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         webhooks,
         messaging,
         dispatch,
+        verify,
         identity,
         audit_log,
         audit,
@@ -265,6 +285,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
 impl Opened {
     pub async fn close(self) {
         self.audit.flush().await;
+        drop(self.verify);
         drop(self.dispatch);
         drop(self.messaging);
         drop(self.webhooks);

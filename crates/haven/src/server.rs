@@ -101,6 +101,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         webhooks: Arc::clone(&opened.webhooks),
         messaging: Arc::clone(&opened.messaging),
         dispatch: Arc::clone(&opened.dispatch),
+        verify: Arc::clone(&opened.verify),
         audit: Arc::clone(&opened.audit_log),
         root_account_id: opened
             .identity
@@ -182,6 +183,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     let message_sender = tokio::spawn(Arc::clone(&opened.messaging).run_sender());
     let message_receipts = tokio::spawn(Arc::clone(&opened.messaging).run_receipts());
     let dispatch_worker = tokio::spawn(Arc::clone(&opened.dispatch).run());
+    let verify_worker = tokio::spawn(Arc::clone(&opened.verify).run());
     if !config.webhooks.allow_targets.is_empty() {
         tracing::warn!(allow = ?config.webhooks.allow_targets, "webhooks may target these private addresses, over plain HTTP too (webhooks.allow_targets); leave it empty in production");
     }
@@ -296,6 +298,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     message_sender.abort();
     message_receipts.abort();
     dispatch_worker.abort();
+    verify_worker.abort();
     // Sends already handed to a carrier finish (bounded by the carrier's own timeouts); the
     // rest stay queued for the next start.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -176,6 +176,8 @@ impl SendMessage {
             parameters,
             urgent: self.urgent,
             timezone: self.timezone,
+            system_template: None,
+            secret: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod messages;
 pub mod oauth;
 pub mod system;
 pub mod templates;
+pub mod verify;
 pub mod webhooks;
 
 use haven_platform::page::PageRequest;

@@ -14,5 +14,6 @@ mod messages;
 mod oauth;
 mod peers;
 mod surface;
+mod verify;
 mod webhooks;
 mod workflows;

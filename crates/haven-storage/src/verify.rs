@@ -1,0 +1,277 @@
+//! The Verify storage, for both backends. A pending verification row is its own durable timer.
+
+use crate::{PgStore, SqliteStore, backend, sql};
+use haven_platform::events::OutboxEvent;
+use haven_platform::store::StoreResult;
+use haven_verify::store::{Attempt, VerificationRow, VerifyStepRow, VerifyStore};
+use sqlx::Row;
+
+macro_rules! impl_verify_store {
+    ($store:ty, $row:ty, $claim:expr) => {
+        impl $store {
+            fn verification_row(r: &$row) -> StoreResult<VerificationRow> {
+                Ok(VerificationRow {
+                    id: r.try_get("id").map_err(backend)?,
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    status: r.try_get("status").map_err(backend)?,
+                    brand: r.try_get("brand").map_err(backend)?,
+                    locale: r.try_get("locale").map_err(backend)?,
+                    code_length: r.try_get("code_length").map_err(backend)?,
+                    app_domain: r.try_get("app_domain").map_err(backend)?,
+                    workflow_ct: r.try_get("workflow_ct").map_err(backend)?,
+                    contact_id: r.try_get("contact_id").map_err(backend)?,
+                    recipient_bidx: r.try_get("recipient_bidx").map_err(backend)?,
+                    step_count: r.try_get("step_count").map_err(backend)?,
+                    current_step: r.try_get("current_step").map_err(backend)?,
+                    code_hash: r.try_get("code_hash").map_err(backend)?,
+                    attempts: r.try_get("attempts").map_err(backend)?,
+                    max_attempts: r.try_get("max_attempts").map_err(backend)?,
+                    expiry_ms: r.try_get("expiry_ms").map_err(backend)?,
+                    channel_timeout_ms: r.try_get("channel_timeout_ms").map_err(backend)?,
+                    next_step_at_ms: r.try_get("next_step_at_ms").map_err(backend)?,
+                    expires_at_ms: r.try_get("expires_at_ms").map_err(backend)?,
+                    wake_at_ms: r.try_get("wake_at_ms").map_err(backend)?,
+                    created_by: r.try_get("created_by").map_err(backend)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
+                    final_at_ms: r.try_get("final_at_ms").map_err(backend)?,
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl VerifyStore for $store {
+            async fn insert_verification(
+                &self,
+                v: &VerificationRow,
+                steps: &[VerifyStepRow],
+                superseded_event: &(dyn for<'a> Fn(&'a str) -> OutboxEvent + Send + Sync),
+            ) -> StoreResult<Vec<String>> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let old = sqlx::query(sql::SUPERSEDE_VERIFICATIONS)
+                    .bind(v.created_at_ms)
+                    .bind(&v.account_id)
+                    .bind(&v.recipient_bidx)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("id").map_err(backend))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                sqlx::query(sql::INSERT_VERIFICATION)
+                    .bind(&v.id)
+                    .bind(&v.account_id)
+                    .bind(&v.status)
+                    .bind(&v.brand)
+                    .bind(&v.locale)
+                    .bind(v.code_length)
+                    .bind(&v.app_domain)
+                    .bind(&v.workflow_ct)
+                    .bind(&v.contact_id)
+                    .bind(&v.recipient_bidx)
+                    .bind(v.step_count)
+                    .bind(v.current_step)
+                    .bind(&v.code_hash)
+                    .bind(v.attempts)
+                    .bind(v.max_attempts)
+                    .bind(v.expiry_ms)
+                    .bind(v.channel_timeout_ms)
+                    .bind(v.next_step_at_ms)
+                    .bind(v.expires_at_ms)
+                    .bind(v.wake_at_ms)
+                    .bind(&v.created_by)
+                    .bind(v.created_at_ms)
+                    .bind(v.updated_at_ms)
+                    .bind(v.final_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                for s in steps {
+                    sqlx::query(sql::INSERT_VERIFICATION_STEP)
+                        .bind(&s.verification_id)
+                        .bind(s.step_index)
+                        .bind(&s.channel)
+                        .bind(&s.message_id)
+                        .bind(&s.status)
+                        .bind(&s.reason)
+                        .bind(s.sent_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                let events: Vec<OutboxEvent> = old.iter().map(|id| superseded_event(id)).collect();
+                Self::push_events(&mut tx, &events).await?;
+                tx.commit().await.map_err(backend)?;
+                Ok(old)
+            }
+
+            async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationRow>> {
+                let row = sqlx::query(sql::GET_VERIFICATION)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::verification_row(&r)).transpose()
+            }
+
+            async fn verification_steps(&self, id: &str) -> StoreResult<Vec<VerifyStepRow>> {
+                let rows = sqlx::query(sql::VERIFICATION_STEPS)
+                    .bind(id)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(VerifyStepRow {
+                            verification_id: r.try_get("verification_id").map_err(backend)?,
+                            step_index: r.try_get("step_index").map_err(backend)?,
+                            channel: r.try_get("channel").map_err(backend)?,
+                            message_id: r.try_get("message_id").map_err(backend)?,
+                            status: r.try_get("status").map_err(backend)?,
+                            reason: r.try_get("reason").map_err(backend)?,
+                            sent_at_ms: r.try_get("sent_at_ms").map_err(backend)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn count_recent(
+                &self,
+                account_id: &str,
+                recipient_bidx: &[u8],
+                since_ms: i64,
+            ) -> StoreResult<i64> {
+                let row = sqlx::query(sql::COUNT_RECENT_VERIFICATIONS)
+                    .bind(account_id)
+                    .bind(recipient_bidx)
+                    .bind(since_ms)
+                    .fetch_one(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.try_get("n").map_err(backend)
+            }
+
+            async fn claim_verifications(
+                &self,
+                now_ms: i64,
+                lease_until_ms: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<VerificationRow>> {
+                let rows = sqlx::query($claim)
+                    .bind(lease_until_ms)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(self.w())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::verification_row).collect()
+            }
+
+            async fn lease_verification(
+                &self,
+                id: &str,
+                now_ms: i64,
+                lease_until_ms: i64,
+            ) -> StoreResult<Option<VerificationRow>> {
+                let row = sqlx::query(sql::LEASE_VERIFICATION)
+                    .bind(lease_until_ms)
+                    .bind(id)
+                    .bind(now_ms)
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::verification_row(&r)).transpose()
+            }
+
+            async fn save_verification(
+                &self,
+                v: &VerificationRow,
+                steps: &[VerifyStepRow],
+                events: &[OutboxEvent],
+                lease_until_ms: i64,
+            ) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let done = sqlx::query(sql::SAVE_VERIFICATION)
+                    .bind(&v.status)
+                    .bind(v.current_step)
+                    .bind(&v.code_hash)
+                    .bind(v.next_step_at_ms)
+                    .bind(v.expires_at_ms)
+                    .bind(v.wake_at_ms)
+                    .bind(lease_until_ms)
+                    .bind(haven_platform::clock::now_ms())
+                    .bind(v.final_at_ms)
+                    .bind(&v.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                for s in steps {
+                    sqlx::query(sql::UPDATE_VERIFICATION_STEP)
+                        .bind(&s.status)
+                        .bind(&s.reason)
+                        .bind(s.sent_at_ms)
+                        .bind(&s.verification_id)
+                        .bind(s.step_index)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                Self::push_events(&mut tx, events).await?;
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
+            async fn take_attempt(&self, id: &str) -> StoreResult<Option<Attempt>> {
+                let row = sqlx::query(sql::TAKE_ATTEMPT)
+                    .bind(id)
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| {
+                    Ok(Attempt {
+                        attempts: r.try_get("attempts").map_err(backend)?,
+                        max_attempts: r.try_get("max_attempts").map_err(backend)?,
+                        code_hash: r.try_get("code_hash").map_err(backend)?,
+                        expires_at_ms: r.try_get("expires_at_ms").map_err(backend)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn end_verification(
+                &self,
+                id: &str,
+                code_hash: Option<&[u8]>,
+                status: &str,
+                at_ms: i64,
+                event: &OutboxEvent,
+            ) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let done = sqlx::query(sql::END_VERIFICATION)
+                    .bind(status)
+                    .bind(at_ms)
+                    .bind(id)
+                    .bind(code_hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::push_events(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+        }
+    };
+}
+
+impl_verify_store!(
+    SqliteStore,
+    sqlx::sqlite::SqliteRow,
+    sql::CLAIM_VERIFICATIONS_SQLITE
+);
+impl_verify_store!(PgStore, sqlx::postgres::PgRow, sql::CLAIM_VERIFICATIONS_PG);

@@ -1,0 +1,123 @@
+//! The Verify storage port. A pending verification row is its own durable timer (`wake_at_ms`,
+//! leased by the worker that moves it to its next channel or expires it). Codes are kept only
+//! as keyed hashes.
+
+use haven_platform::events::OutboxEvent;
+use haven_platform::store::StoreResult;
+
+#[derive(Debug, Clone)]
+pub struct VerificationRow {
+    pub id: String,
+    pub account_id: String,
+    /// `pending`, `completed`, `failed`, `expired`, `cancelled`, `superseded`.
+    pub status: String,
+    pub brand: String,
+    pub locale: String,
+    pub code_length: i64,
+    pub app_domain: Option<String>,
+    /// The channels and addresses, sealed (PHI).
+    pub workflow_ct: Vec<u8>,
+    pub contact_id: Option<String>,
+    /// Blind index of the first recipient: one pending verification per recipient, and the
+    /// per-recipient limit.
+    pub recipient_bidx: Vec<u8>,
+    pub step_count: i64,
+    pub current_step: i64,
+    /// Keyed hash of the current code (the one the latest message carries).
+    pub code_hash: Option<Vec<u8>>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub expiry_ms: i64,
+    pub channel_timeout_ms: i64,
+    /// When the next channel is tried, if there is one.
+    pub next_step_at_ms: Option<i64>,
+    /// When the current code stops working.
+    pub expires_at_ms: i64,
+    pub wake_at_ms: i64,
+    pub created_by: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub final_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyStepRow {
+    pub verification_id: String,
+    pub step_index: i64,
+    pub channel: String,
+    /// Chosen when the verification is created, so a step retried after a crash finds its
+    /// message instead of sending another.
+    pub message_id: String,
+    /// `pending`, `sending` (code chosen, message being stored), `sent`, `skipped`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub sent_at_ms: Option<i64>,
+}
+
+/// What a check found when it took an attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub code_hash: Option<Vec<u8>>,
+    pub expires_at_ms: i64,
+}
+
+#[async_trait::async_trait]
+pub trait VerifyStore: Send + Sync {
+    /// Inserts a verification (leased until its `wake_at_ms`) and its steps; pending
+    /// verifications to the same recipient of
+    /// the account become `superseded` (their codes stop working) with their events.
+    async fn insert_verification(
+        &self,
+        row: &VerificationRow,
+        steps: &[VerifyStepRow],
+        superseded_event: &(dyn for<'a> Fn(&'a str) -> OutboxEvent + Send + Sync),
+    ) -> StoreResult<Vec<String>>;
+    async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationRow>>;
+    async fn verification_steps(&self, id: &str) -> StoreResult<Vec<VerifyStepRow>>;
+    /// Verifications the account started to this recipient since then.
+    async fn count_recent(
+        &self,
+        account_id: &str,
+        recipient_bidx: &[u8],
+        since_ms: i64,
+    ) -> StoreResult<i64>;
+    /// Leases up to `limit` pending verifications that are due.
+    async fn claim_verifications(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<VerificationRow>>;
+    /// Leases one pending verification (to move it to its next channel on request); `None`
+    /// when it is not pending or another node holds it.
+    async fn lease_verification(
+        &self,
+        id: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreResult<Option<VerificationRow>>;
+    /// Writes the leaseholder's progress (row, changed steps, events) and sets the lease to
+    /// `lease_until_ms` (0 releases it), only while the verification is still pending; false
+    /// otherwise.
+    async fn save_verification(
+        &self,
+        row: &VerificationRow,
+        steps: &[VerifyStepRow],
+        events: &[OutboxEvent],
+        lease_until_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Takes one attempt if any is left on a pending verification.
+    async fn take_attempt(&self, id: &str) -> StoreResult<Option<Attempt>>;
+    /// Ends a pending verification with `status` (when `code_hash` is given, only if it is
+    /// still the current code: a code is used once), with its event; false otherwise.
+    async fn end_verification(
+        &self,
+        id: &str,
+        code_hash: Option<&[u8]>,
+        status: &str,
+        at_ms: i64,
+        event: &OutboxEvent,
+    ) -> StoreResult<bool>;
+}
