@@ -5,6 +5,7 @@
 pub mod aead;
 pub mod jwt;
 pub mod keys;
+pub mod otp;
 pub mod ring;
 pub mod tls;
 

@@ -51,6 +51,7 @@ pub struct AppState {
     pub messaging: Arc<haven_messaging::Messaging>,
     pub dispatch: Arc<haven_dispatch::Dispatcher>,
     pub verify: Arc<haven_verify::Verifier>,
+    pub factors: Arc<haven_verify::factors::Factors>,
     pub audit: Arc<haven_audit::AuditLog>,
     /// The operator's account, made at bootstrap.
     pub root_account_id: String,
@@ -106,8 +107,8 @@ impl Modify for SecuritySchemes {
 /// Every route with its documentation; the two cannot drift apart.
 fn api() -> OpenApiRouter<Arc<AppState>> {
     use routes::{
-        accounts, audit, contacts, dispatch, keys, messages, oauth, system, templates, verify,
-        webhooks,
+        accounts, audit, contacts, dispatch, factors, keys, messages, oauth, system, templates,
+        verify, webhooks,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create_account, accounts::list_accounts))
@@ -144,6 +145,11 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(verify::check_code))
         .routes(routes!(verify::cancel_verification))
         .routes(routes!(verify::next_channel))
+        .routes(routes!(factors::enrol_factor, factors::list_factors))
+        .routes(routes!(factors::get_factor, factors::delete_factor))
+        .routes(routes!(factors::confirm_factor))
+        .routes(routes!(factors::check_factor))
+        .routes(routes!(factors::recover_factor))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(
             webhooks::get_endpoint,

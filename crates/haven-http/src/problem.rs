@@ -101,6 +101,10 @@ catalogue! {
         "The verification's workflow has no channel after the current one."),
     VerificationBusy => ("verification-busy", StatusCode::CONFLICT, "Verification busy",
         "The verification is being moved to its next channel right now. Retry in a moment."),
+    FactorLocked => ("factor-locked", StatusCode::TOO_MANY_REQUESTS, "Factor locked",
+        "Too many wrong codes in a row: the factor accepts no code until the number of seconds in `Retry-After` has passed."),
+    CodeReused => ("code-reused", StatusCode::CONFLICT, "Code already used",
+        "This code (or a later one) was accepted already: a one-time code works once. Wait for the next code in the authenticator app."),
     VerifyRateLimited => ("verify-rate-limited", StatusCode::TOO_MANY_REQUESTS, "Too many verifications",
         "The account started too many verifications to this recipient recently. Nothing was sent; retry after the number of seconds in `Retry-After`."),
     IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
@@ -464,6 +468,16 @@ impl From<VerifyError> for Problem {
                     "Too many verifications to this recipient; nothing was sent.",
                 )
             },
+            VerifyError::FactorLocked { retry_after } => Problem {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Problem::new(
+                    ProblemType::FactorLocked,
+                    "Too many wrong codes; the factor is locked for a while.",
+                )
+            },
+            VerifyError::CodeReused => {
+                Problem::new(ProblemType::CodeReused, "This code was used already.")
+            }
             VerifyError::Messaging(e) => e.into(),
             VerifyError::Identity(e) => e.into(),
             VerifyError::Vault(e) => e.into(),

@@ -53,6 +53,11 @@ pub enum AuditAction {
     VerifyCancelled,
     VerifyNextChannel,
     VerifyBlocked,
+    VerifyFactorEnrolled,
+    VerifyFactorConfirmed,
+    VerifyFactorChecked,
+    VerifyFactorRecovered,
+    VerifyFactorDeleted,
 }
 
 impl AuditAction {
@@ -102,6 +107,11 @@ impl AuditAction {
             Self::VerifyCancelled => "verify.cancelled",
             Self::VerifyNextChannel => "verify.next_channel",
             Self::VerifyBlocked => "verify.blocked",
+            Self::VerifyFactorEnrolled => "verify_factor.enrolled",
+            Self::VerifyFactorConfirmed => "verify_factor.confirmed",
+            Self::VerifyFactorChecked => "verify_factor.checked",
+            Self::VerifyFactorRecovered => "verify_factor.recovered",
+            Self::VerifyFactorDeleted => "verify_factor.deleted",
         }
     }
 }

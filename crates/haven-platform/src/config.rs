@@ -117,6 +117,8 @@ pub struct VerifyConfig {
     /// (counted in the shared database, so across every node).
     pub per_recipient: u32,
     pub recipient_window_seconds: u64,
+    /// How long a TOTP factor refuses codes after `max_attempts` wrong ones in a row.
+    pub factor_lockout_seconds: u64,
 }
 
 impl Default for VerifyConfig {
@@ -125,6 +127,7 @@ impl Default for VerifyConfig {
             max_attempts: 5,
             per_recipient: 5,
             recipient_window_seconds: 600,
+            factor_lockout_seconds: 300,
         }
     }
 }
@@ -805,6 +808,12 @@ impl Config {
         let v = &self.verify;
         if !(1..=20).contains(&v.max_attempts) {
             p.push(problem("verify.max_attempts", "must be between 1 and 20"));
+        }
+        if !(1..=86_400).contains(&v.factor_lockout_seconds) {
+            p.push(problem(
+                "verify.factor_lockout_seconds",
+                "must be between 1 and 86400",
+            ));
         }
         if v.per_recipient == 0 {
             p.push(problem("verify.per_recipient", "must be at least 1"));

@@ -160,6 +160,13 @@ impl Store {
         }
     }
 
+    pub fn factors(&self) -> Arc<dyn haven_verify::factors::FactorStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
     pub fn audit(&self) -> Arc<dyn haven_audit::AuditStore> {
         match self {
             Store::Sqlite(s) => Arc::new(s.clone()),

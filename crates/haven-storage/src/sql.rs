@@ -445,6 +445,45 @@ pub const TAKE_ATTEMPT: &str = "UPDATE verifications SET attempts = attempts + 1
 pub const END_VERIFICATION: &str = "UPDATE verifications SET status = $1, code_hash = NULL, final_at_ms = $2, updated_at_ms = $2 \
      WHERE id = $3 AND status = 'pending' AND ($4 IS NULL OR code_hash = $4)";
 
+macro_rules! factor_cols {
+    () => {
+        "id, account_id, user_ref_ct, user_ref_bidx, status, seed_ct, digits, period, last_step, failed_attempts, \
+         locked_until_ms, created_at_ms, confirmed_at_ms, last_used_at_ms"
+    };
+}
+#[cfg(test)]
+pub const FACTOR_COLS: &str = factor_cols!();
+pub const INSERT_FACTOR: &str = concat!(
+    "INSERT INTO verify_factors (",
+    factor_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+);
+pub const GET_FACTOR: &str = concat!(
+    "SELECT ",
+    factor_cols!(),
+    " FROM verify_factors WHERE id = $1"
+);
+pub const LIST_FACTORS: &str = concat!(
+    "SELECT ",
+    factor_cols!(),
+    " FROM verify_factors WHERE account_id = $1 AND ($2 IS NULL OR user_ref_bidx = $2) AND id > $3 ORDER BY id LIMIT $4"
+);
+pub const DELETE_FACTOR_CODES: &str = "DELETE FROM verify_recovery_codes WHERE factor_id = $1";
+pub const DELETE_FACTOR: &str = "DELETE FROM verify_factors WHERE id = $1";
+/// Only a later step than the last accepted one: a code works once, even under a race.
+pub const ACCEPT_STEP: &str = "UPDATE verify_factors SET last_step = $1, status = 'active', failed_attempts = 0, \
+     confirmed_at_ms = COALESCE(confirmed_at_ms, $2), last_used_at_ms = $2 WHERE id = $3 AND last_step < $1";
+pub const INSERT_RECOVERY_CODE: &str =
+    "INSERT INTO verify_recovery_codes (factor_id, code_hash) VALUES ($1, $2)";
+pub const RECORD_FACTOR_FAILURE: &str = "UPDATE verify_factors SET \
+     failed_attempts = CASE WHEN failed_attempts + 1 >= $1 THEN 0 ELSE failed_attempts + 1 END, \
+     locked_until_ms = CASE WHEN failed_attempts + 1 >= $1 THEN $2 ELSE locked_until_ms END \
+     WHERE id = $3 RETURNING failed_attempts";
+pub const USE_RECOVERY_CODE: &str = "UPDATE verify_recovery_codes SET used_at_ms = $1 \
+     WHERE factor_id = $2 AND code_hash = $3 AND used_at_ms IS NULL";
+pub const RECOVERY_CODES_LEFT: &str =
+    "SELECT COUNT(*) AS n FROM verify_recovery_codes WHERE factor_id = $1 AND used_at_ms IS NULL";
+
 #[cfg(test)]
 pub const ALL: &[&str] = &[
     BOOTSTRAP_ROOT,
@@ -577,6 +616,16 @@ pub const ALL: &[&str] = &[
     VERIFICATION_STEPS,
     TAKE_ATTEMPT,
     END_VERIFICATION,
+    INSERT_FACTOR,
+    GET_FACTOR,
+    LIST_FACTORS,
+    DELETE_FACTOR_CODES,
+    DELETE_FACTOR,
+    ACCEPT_STEP,
+    INSERT_RECOVERY_CODE,
+    RECORD_FACTOR_FAILURE,
+    USE_RECOVERY_CODE,
+    RECOVERY_CODES_LEFT,
 ];
 
 #[cfg(test)]
@@ -626,6 +675,9 @@ mod tests {
             super::LIST_DELIVERIES,
         ] {
             assert!(sql.contains(super::DELIVERY_COLS_));
+        }
+        for sql in [super::GET_FACTOR, super::LIST_FACTORS] {
+            assert!(sql.contains(super::FACTOR_COLS));
         }
         for sql in [
             super::GET_VERIFICATION,

@@ -2,7 +2,9 @@
 
 use crate::{PgStore, SqliteStore, backend, sql};
 use haven_platform::events::OutboxEvent;
+use haven_platform::page::PageRequest;
 use haven_platform::store::StoreResult;
+use haven_verify::factors::{FactorRow, FactorStore};
 use haven_verify::store::{Attempt, VerificationRow, VerifyStepRow, VerifyStore};
 use sqlx::Row;
 
@@ -275,3 +277,172 @@ impl_verify_store!(
     sql::CLAIM_VERIFICATIONS_SQLITE
 );
 impl_verify_store!(PgStore, sqlx::postgres::PgRow, sql::CLAIM_VERIFICATIONS_PG);
+
+macro_rules! impl_factor_store {
+    ($store:ty, $row:ty) => {
+        impl $store {
+            fn factor_row(r: &$row) -> StoreResult<FactorRow> {
+                Ok(FactorRow {
+                    id: r.try_get("id").map_err(backend)?,
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    user_ref_ct: r.try_get("user_ref_ct").map_err(backend)?,
+                    user_ref_bidx: r.try_get("user_ref_bidx").map_err(backend)?,
+                    status: r.try_get("status").map_err(backend)?,
+                    seed_ct: r.try_get("seed_ct").map_err(backend)?,
+                    digits: r.try_get("digits").map_err(backend)?,
+                    period: r.try_get("period").map_err(backend)?,
+                    last_step: r.try_get("last_step").map_err(backend)?,
+                    failed_attempts: r.try_get("failed_attempts").map_err(backend)?,
+                    locked_until_ms: r.try_get("locked_until_ms").map_err(backend)?,
+                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    confirmed_at_ms: r.try_get("confirmed_at_ms").map_err(backend)?,
+                    last_used_at_ms: r.try_get("last_used_at_ms").map_err(backend)?,
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl FactorStore for $store {
+            async fn insert_factor(&self, f: &FactorRow) -> StoreResult<()> {
+                sqlx::query(sql::INSERT_FACTOR)
+                    .bind(&f.id)
+                    .bind(&f.account_id)
+                    .bind(&f.user_ref_ct)
+                    .bind(&f.user_ref_bidx)
+                    .bind(&f.status)
+                    .bind(&f.seed_ct)
+                    .bind(f.digits)
+                    .bind(f.period)
+                    .bind(f.last_step)
+                    .bind(f.failed_attempts)
+                    .bind(f.locked_until_ms)
+                    .bind(f.created_at_ms)
+                    .bind(f.confirmed_at_ms)
+                    .bind(f.last_used_at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn get_factor(&self, id: &str) -> StoreResult<Option<FactorRow>> {
+                let row = sqlx::query(sql::GET_FACTOR)
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::factor_row(&r)).transpose()
+            }
+
+            async fn list_factors(
+                &self,
+                account_id: &str,
+                user_ref_bidx: Option<&[u8]>,
+                page: &PageRequest,
+            ) -> StoreResult<Vec<FactorRow>> {
+                let rows = sqlx::query(sql::LIST_FACTORS)
+                    .bind(account_id)
+                    .bind(user_ref_bidx)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(page.fetch_limit())
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::factor_row).collect()
+            }
+
+            async fn delete_factor(&self, id: &str) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                sqlx::query(sql::DELETE_FACTOR_CODES)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let done = sqlx::query(sql::DELETE_FACTOR)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn accept_step(
+                &self,
+                id: &str,
+                step: i64,
+                at_ms: i64,
+                recovery_hashes: &[Vec<u8>],
+            ) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let done = sqlx::query(sql::ACCEPT_STEP)
+                    .bind(step)
+                    .bind(at_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                for h in recovery_hashes {
+                    sqlx::query(sql::INSERT_RECOVERY_CODE)
+                        .bind(id)
+                        .bind(h)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
+            async fn record_failure(
+                &self,
+                id: &str,
+                max: i64,
+                lock_until_ms: i64,
+            ) -> StoreResult<i64> {
+                let row = sqlx::query(sql::RECORD_FACTOR_FAILURE)
+                    .bind(max)
+                    .bind(lock_until_ms)
+                    .bind(id)
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(backend)?;
+                match row {
+                    Some(r) => r.try_get("failed_attempts").map_err(backend),
+                    None => Ok(0),
+                }
+            }
+
+            async fn use_recovery_code(
+                &self,
+                id: &str,
+                hash: &[u8],
+                at_ms: i64,
+            ) -> StoreResult<bool> {
+                let done = sqlx::query(sql::USE_RECOVERY_CODE)
+                    .bind(at_ms)
+                    .bind(id)
+                    .bind(hash)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn recovery_codes_left(&self, id: &str) -> StoreResult<i64> {
+                let row = sqlx::query(sql::RECOVERY_CODES_LEFT)
+                    .bind(id)
+                    .fetch_one(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.try_get("n").map_err(backend)
+            }
+        }
+    };
+}
+
+impl_factor_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+impl_factor_store!(PgStore, sqlx::postgres::PgRow);

@@ -14,6 +14,7 @@
 //!   share the code, and the autofill line on SMS; the code is masked in every read of the
 //!   message and removed from it once a carrier took it.
 
+pub mod factors;
 pub mod store;
 pub mod texts;
 
@@ -61,6 +62,10 @@ pub enum VerifyError {
     Busy,
     #[error("too many verifications to this recipient")]
     TooMany { retry_after: Duration },
+    #[error("the factor is locked after too many wrong codes")]
+    FactorLocked { retry_after: Duration },
+    #[error("the code was used already")]
+    CodeReused,
     #[error(transparent)]
     Messaging(#[from] MessagingError),
     #[error(transparent)]

@@ -23,6 +23,7 @@ pub struct Opened {
     pub messaging: Arc<haven_messaging::Messaging>,
     pub dispatch: Arc<haven_dispatch::Dispatcher>,
     pub verify: Arc<haven_verify::Verifier>,
+    pub factors: Arc<haven_verify::factors::Factors>,
     pub identity: Arc<Identity>,
     pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
@@ -265,6 +266,15 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         let webhooks = Arc::clone(&webhooks);
         verify.on_events(Arc::new(move || webhooks.notify()));
     }
+    let factors = Arc::new(haven_verify::factors::Factors::new(
+        store.factors(),
+        Arc::clone(&vault),
+        Arc::new(audit.clone()),
+        haven_verify::factors::FactorSettings {
+            max_failures: i64::from(config.verify.max_attempts),
+            lockout: std::time::Duration::from_secs(config.verify.factor_lockout_seconds),
+        },
+    ));
     Ok(Opened {
         store,
         master,
@@ -274,6 +284,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         messaging,
         dispatch,
         verify,
+        factors,
         identity,
         audit_log,
         audit,
@@ -285,6 +296,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
 impl Opened {
     pub async fn close(self) {
         self.audit.flush().await;
+        drop(self.factors);
         drop(self.verify);
         drop(self.dispatch);
         drop(self.messaging);

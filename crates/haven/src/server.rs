@@ -102,6 +102,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         messaging: Arc::clone(&opened.messaging),
         dispatch: Arc::clone(&opened.dispatch),
         verify: Arc::clone(&opened.verify),
+        factors: Arc::clone(&opened.factors),
         audit: Arc::clone(&opened.audit_log),
         root_account_id: opened
             .identity

@@ -2,6 +2,7 @@ pub mod accounts;
 pub mod audit;
 pub mod contacts;
 pub mod dispatch;
+pub mod factors;
 pub mod keys;
 pub mod messages;
 pub mod oauth;

@@ -15,6 +15,7 @@ both_backends!(
     a_code_arrives_and_works_once,
     guessing_is_bounded,
     channels_fail_over_on_time_through_kill_9,
+    totp_factors_with_pyotp_as_the_app,
 );
 
 /// The digits after `marker` in `text`.
@@ -431,4 +432,194 @@ async fn channels_fail_over_on_time_through_kill_9(backend: Backend) {
         "{p}"
     );
     assert!(t0.elapsed() < Duration::from_secs(120));
+}
+
+/// Codes pyotp (a third-party TOTP implementation, as the user's app) shows for the URI, one
+/// step before now, now, and one step after.
+fn pyotp_codes(uri: &str) -> Vec<String> {
+    let out = std::process::Command::new(crate::common::python())
+        .args([
+            "-c",
+            "import json, sys, time, pyotp\n\
+             t = pyotp.parse_uri(sys.argv[1]); n = time.time()\n\
+             print(json.dumps([t.at(n - 30), t.at(n), t.at(n + 30)]))",
+            uri,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("pyotp: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("pyotp output: {e}"))
+}
+
+async fn factor_post(s: &Server, id: &str, action: &str, body: Value) -> (u16, Value) {
+    let (st, b) = send(
+        s.admin(Method::POST, &format!("/v1/verify/factors/{id}/{action}"))
+            .json(&body),
+    )
+    .await;
+    (st.as_u16(), b)
+}
+
+async fn totp_factors_with_pyotp_as_the_app(backend: Backend) {
+    let (s, _cfg) = start(
+        backend,
+        "",
+        &[("HAVEN_VERIFY__FACTOR_LOCKOUT_SECONDS", "2")],
+    )
+    .await;
+    expect_problem(
+        s.admin(Method::POST, "/v1/verify/factors")
+            .json(&json!({ "user_ref": "", "issuer": "A:B", "digits": 9 })),
+        422,
+        "validation-failed",
+    )
+    .await;
+    let (st, e) = send(s.admin(Method::POST, "/v1/verify/factors").json(&json!({
+        "user_ref": "patient-MARKER-4211", "issuer": "Clínica Sol", "label": "pat@example.org" })))
+    .await;
+    assert_eq!(st, 201, "{e}");
+    let id = e["factor"]["id"].as_str().unwrap_or_default().to_owned();
+    let secret = e["secret"].as_str().unwrap_or_default().to_owned();
+    let uri = e["otpauth_uri"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(e["factor"]["status"], "unconfirmed", "{e}");
+    assert_eq!(secret.len(), 32, "160-bit seed in base32: {e}");
+    assert!(
+        uri.starts_with("otpauth://totp/Cl%C3%ADnica%20Sol:pat%40example.org?"),
+        "{uri}"
+    );
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+    let svg = e["qr_svg"].as_str().unwrap_or_default();
+    assert!(svg.contains("<svg") && svg.contains("</svg>"), "{svg}");
+
+    let codes = pyotp_codes(&uri);
+    // Not usable before it is confirmed.
+    let (st, p) = factor_post(&s, &id, "check", json!({ "code": codes[1] })).await;
+    assert_eq!(st, 409, "{p}");
+    let (st, c) = factor_post(&s, &id, "confirm", json!({ "code": codes[1] })).await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["factor"]["status"], "active", "{c}");
+    let recovery: Vec<String> = c["recovery_codes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(recovery.len(), 10, "{c}");
+
+    // A code works once; so does the next step's (clock drift), and older ones never again.
+    let (st, p) = factor_post(&s, &id, "check", json!({ "code": codes[1] })).await;
+    assert_eq!(
+        (st, p["type"].as_str()),
+        (409, Some("/problems/code-reused")),
+        "{p}"
+    );
+    let (st, ok) = factor_post(&s, &id, "check", json!({ "code": codes[2] })).await;
+    assert_eq!(st, 200, "{ok}");
+    for c in [&codes[2], &codes[0]] {
+        let (st, p) = factor_post(&s, &id, "check", json!({ "code": c })).await;
+        assert_eq!(
+            (st, p["type"].as_str()),
+            (409, Some("/problems/code-reused")),
+            "{p}"
+        );
+    }
+
+    // Wrong codes lock it; the lock lifts by itself.
+    let wrong = (0..10)
+        .map(|i| format!("{i}{i}{i}{i}{i}{i}"))
+        .find(|w| !codes.contains(w))
+        .unwrap_or_default();
+    for left in (1..5).rev() {
+        let (st, p) = factor_post(&s, &id, "check", json!({ "code": wrong })).await;
+        assert_eq!(
+            (st, p["attempts_remaining"].as_i64()),
+            (422, Some(left)),
+            "{p}"
+        );
+    }
+    let (st, p) = factor_post(&s, &id, "check", json!({ "code": wrong })).await;
+    assert_eq!(
+        (st, p["type"].as_str()),
+        (429, Some("/problems/factor-locked")),
+        "{p}"
+    );
+    let (st, p) = factor_post(&s, &id, "recover", json!({ "recovery_code": recovery[0] })).await;
+    assert_eq!(st, 429, "locked for recovery codes too: {p}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // Recovery codes: any case and grouping, each once.
+    let (st, ok) = factor_post(
+        &s,
+        &id,
+        "recover",
+        json!({ "recovery_code": recovery[0].to_lowercase().replace('-', " ") }),
+    )
+    .await;
+    assert_eq!(st, 200, "{ok}");
+    assert_eq!(ok["recovery_codes_left"], 9, "{ok}");
+    let (st, p) = factor_post(&s, &id, "recover", json!({ "recovery_code": recovery[0] })).await;
+    assert_eq!(
+        (st, p["type"].as_str()),
+        (422, Some("/problems/code-mismatch")),
+        "{p}"
+    );
+
+    let (_, list) = send(s.admin(
+        Method::GET,
+        "/v1/verify/factors?user_ref=patient-MARKER-4211",
+    ))
+    .await;
+    assert_eq!(list["items"][0]["id"], id.as_str(), "{list}");
+    let (_, list) = send(s.admin(Method::GET, "/v1/verify/factors?user_ref=someone-else")).await;
+    assert_eq!(list["items"], json!([]), "{list}");
+
+    // Another account cannot see or use it.
+    let sub = crate::common::create_subaccount(&s, "Neurology").await;
+    let (k, ks) = crate::common::create_key(&s, &sub, &["verify:write"]).await;
+    expect_problem(
+        s.as_key(
+            Method::POST,
+            &format!("/v1/verify/factors/{id}/check"),
+            &k,
+            &ks,
+        )
+        .json(&json!({ "code": codes[1] })),
+        404,
+        "not-found",
+    )
+    .await;
+
+    // The seed and the user reference are sealed at rest; nothing reaches the logs.
+    let raw = crate::encryption::raw_database(&s).await;
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(
+        !raw.contains(&secret) && !raw.contains("MARKER-4211"),
+        "stored in the clear"
+    );
+    for r in &recovery {
+        assert!(
+            !raw.contains(r.as_str()),
+            "recovery code stored in the clear"
+        );
+    }
+    let logs = format!("{}{}", s.stderr(), s.stdout());
+    assert!(
+        !logs.contains(&secret) && !logs.contains("MARKER-4211"),
+        "in the logs"
+    );
+
+    let (st, _) = send(s.admin(Method::DELETE, &format!("/v1/verify/factors/{id}"))).await;
+    assert_eq!(st, 204);
+    expect_problem(
+        s.admin(Method::GET, &format!("/v1/verify/factors/{id}")),
+        404,
+        "not-found",
+    )
+    .await;
 }
