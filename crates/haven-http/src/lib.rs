@@ -145,6 +145,12 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(verify::check_code))
         .routes(routes!(verify::cancel_verification))
         .routes(routes!(verify::next_channel))
+        .routes(routes!(
+            verify::get_verify_policy,
+            verify::put_verify_policy
+        ))
+        .routes(routes!(verify::list_blocked_prefixes))
+        .routes(routes!(verify::unblock_prefix))
         .routes(routes!(factors::enrol_factor, factors::list_factors))
         .routes(routes!(factors::get_factor, factors::delete_factor))
         .routes(routes!(factors::confirm_factor))

@@ -105,6 +105,10 @@ catalogue! {
         "Too many wrong codes in a row: the factor accepts no code until the number of seconds in `Retry-After` has passed."),
     CodeReused => ("code-reused", StatusCode::CONFLICT, "Code already used",
         "This code (or a later one) was accepted already: a one-time code works once. Wait for the next code in the authenticator app."),
+    DestinationNotAllowed => ("destination-not-allowed", StatusCode::UNPROCESSABLE_ENTITY, "Destination not allowed",
+        "Codes are not sent to this number: it is premium-rate or shared-cost, in a high-risk range (satellite and international networks), in one of the account's blocked prefixes, or in a country outside the account's allowlist (`PUT /v1/verify/policy`). Nothing was sent and nothing is charged."),
+    DestinationBlocked => ("destination-blocked", StatusCode::UNPROCESSABLE_ENTITY, "Destination prefix blocked",
+        "Codes sent to this number's prefix were almost never used, the mark of SMS pumping, so the prefix is blocked (`GET /v1/verify/blocked-prefixes`). The account can lift the block with `DELETE /v1/verify/blocked-prefixes/{prefix}`. Nothing was sent."),
     VerifyRateLimited => ("verify-rate-limited", StatusCode::TOO_MANY_REQUESTS, "Too many verifications",
         "The account started too many verifications to this recipient recently. Nothing was sent; retry after the number of seconds in `Retry-After`."),
     IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY, "Idempotency key reused",
@@ -478,6 +482,16 @@ impl From<VerifyError> for Problem {
             VerifyError::CodeReused => {
                 Problem::new(ProblemType::CodeReused, "This code was used already.")
             }
+            VerifyError::DestinationNotAllowed(reason) => Problem::new(
+                ProblemType::DestinationNotAllowed,
+                format!("Codes are not sent to this destination ({reason}); nothing was sent."),
+            ),
+            VerifyError::DestinationBlocked(prefix) => Problem::new(
+                ProblemType::DestinationBlocked,
+                format!(
+                    "The prefix {prefix} is blocked by the SMS-pumping guard; nothing was sent."
+                ),
+            ),
             VerifyError::Messaging(e) => e.into(),
             VerifyError::Identity(e) => e.into(),
             VerifyError::Vault(e) => e.into(),

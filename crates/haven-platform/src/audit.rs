@@ -58,6 +58,8 @@ pub enum AuditAction {
     VerifyFactorChecked,
     VerifyFactorRecovered,
     VerifyFactorDeleted,
+    VerifyPolicyChanged,
+    VerifyPrefixUnblocked,
 }
 
 impl AuditAction {
@@ -112,6 +114,8 @@ impl AuditAction {
             Self::VerifyFactorChecked => "verify_factor.checked",
             Self::VerifyFactorRecovered => "verify_factor.recovered",
             Self::VerifyFactorDeleted => "verify_factor.deleted",
+            Self::VerifyPolicyChanged => "verify_policy.changed",
+            Self::VerifyPrefixUnblocked => "verify.prefix_unblocked",
         }
     }
 }

@@ -113,10 +113,20 @@ impl Default for WebhooksConfig {
 pub struct VerifyConfig {
     /// Wrong codes before a verification fails.
     pub max_attempts: u32,
-    /// Verifications an account may start to one recipient per `recipient_window_seconds`
+    /// Verifications an account may start per `rate_window_seconds` to one recipient, from
+    /// one end-user IP address (when the app passes it) and to one destination prefix
     /// (counted in the shared database, so across every node).
     pub per_recipient: u32,
-    pub recipient_window_seconds: u64,
+    pub per_ip: u32,
+    pub per_prefix: u32,
+    pub rate_window_seconds: u64,
+    /// SMS pumping: over `pumping_window_seconds`, a prefix with at least `pumping_min_sends`
+    /// codes sent of which fewer than `pumping_min_conversion` (a fraction) were used is
+    /// blocked. Pending verifications younger than `pumping_grace_seconds` are not counted.
+    pub pumping_window_seconds: u64,
+    pub pumping_min_sends: u32,
+    pub pumping_min_conversion: f64,
+    pub pumping_grace_seconds: u64,
     /// How long a TOTP factor refuses codes after `max_attempts` wrong ones in a row.
     pub factor_lockout_seconds: u64,
 }
@@ -126,7 +136,13 @@ impl Default for VerifyConfig {
         Self {
             max_attempts: 5,
             per_recipient: 5,
-            recipient_window_seconds: 600,
+            per_ip: 10,
+            per_prefix: 100,
+            rate_window_seconds: 600,
+            pumping_window_seconds: 3600,
+            pumping_min_sends: 20,
+            pumping_min_conversion: 0.2,
+            pumping_grace_seconds: 120,
             factor_lockout_seconds: 300,
         }
     }
@@ -818,10 +834,34 @@ impl Config {
         if v.per_recipient == 0 {
             p.push(problem("verify.per_recipient", "must be at least 1"));
         }
-        if !(60..=86_400).contains(&v.recipient_window_seconds) {
+        if !(60..=86_400).contains(&v.rate_window_seconds) {
             p.push(problem(
-                "verify.recipient_window_seconds",
+                "verify.rate_window_seconds",
                 "must be between 60 and 86400",
+            ));
+        }
+        if v.per_ip == 0 || v.per_prefix == 0 {
+            p.push(problem(
+                "verify.per_ip",
+                "per_ip and per_prefix must be at least 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&v.pumping_min_conversion) {
+            p.push(problem(
+                "verify.pumping_min_conversion",
+                "must be between 0 and 1",
+            ));
+        }
+        if !(60..=604_800).contains(&v.pumping_window_seconds) {
+            p.push(problem(
+                "verify.pumping_window_seconds",
+                "must be between 60 and 604800",
+            ));
+        }
+        if v.pumping_grace_seconds > 86_400 {
+            p.push(problem(
+                "verify.pumping_grace_seconds",
+                "must be at most 86400",
             ));
         }
         let d = &self.dispatch;

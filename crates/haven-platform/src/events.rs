@@ -35,6 +35,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "verify.expired",
     "verify.cancelled",
     "verify.superseded",
+    "verify.prefix_blocked",
+    "verify.prefix_unblocked",
 ];
 
 #[derive(Debug, Clone)]

@@ -397,7 +397,8 @@ macro_rules! verification_cols {
     () => {
         "id, account_id, status, brand, locale, code_length, app_domain, workflow_ct, contact_id, recipient_bidx, \
          step_count, current_step, code_hash, attempts, max_attempts, expiry_ms, channel_timeout_ms, \
-         next_step_at_ms, expires_at_ms, wake_at_ms, created_by, created_at_ms, updated_at_ms, final_at_ms"
+         next_step_at_ms, expires_at_ms, wake_at_ms, created_by, created_at_ms, updated_at_ms, final_at_ms, \
+         dest_prefix, client_ip_bidx"
     };
 }
 #[cfg(test)]
@@ -406,7 +407,7 @@ pub const INSERT_VERIFICATION: &str = concat!(
     "INSERT INTO verifications (",
     verification_cols!(),
     ", lease_until_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24, $20)"
+     $19, $20, $21, $22, $23, $24, $25, $26, $20)"
 );
 pub const SUPERSEDE_VERIFICATIONS: &str = "UPDATE verifications SET status = 'superseded', code_hash = NULL, \
      final_at_ms = $1, updated_at_ms = $1 WHERE account_id = $2 AND recipient_bidx = $3 AND status = 'pending' RETURNING id";
@@ -444,6 +445,40 @@ pub const TAKE_ATTEMPT: &str = "UPDATE verifications SET attempts = attempts + 1
      AND attempts < max_attempts RETURNING attempts, max_attempts, code_hash, expires_at_ms";
 pub const END_VERIFICATION: &str = "UPDATE verifications SET status = $1, code_hash = NULL, final_at_ms = $2, updated_at_ms = $2 \
      WHERE id = $3 AND status = 'pending' AND ($4 IS NULL OR code_hash = $4)";
+
+pub const GET_VERIFY_POLICY: &str = "SELECT policy FROM verify_policies WHERE account_id = $1";
+pub const PUT_VERIFY_POLICY: &str = "INSERT INTO verify_policies (account_id, policy, updated_at_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (account_id) DO UPDATE SET policy = excluded.policy, updated_at_ms = excluded.updated_at_ms";
+pub const COUNT_PREFIX_VELOCITY: &str = "SELECT COUNT(*) AS n FROM verifications WHERE account_id = $1 \
+     AND dest_prefix = $2 AND created_at_ms >= $3";
+pub const COUNT_IP_VELOCITY: &str = "SELECT COUNT(*) AS n FROM verifications WHERE account_id = $1 \
+     AND client_ip_bidx = $2 AND created_at_ms >= $3";
+pub const PREFIX_STATS: &str = "SELECT COUNT(*) AS sends, \
+     COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS conversions FROM verifications \
+     WHERE account_id = $1 AND dest_prefix = $2 AND created_at_ms >= $3 AND (status <> 'pending' OR created_at_ms < $4)";
+macro_rules! blocked_cols {
+    () => {
+        "account_id, prefix, status, sends, conversions, blocked_at_ms, unblocked_at_ms"
+    };
+}
+pub const GET_BLOCKED_PREFIX: &str = concat!(
+    "SELECT ",
+    blocked_cols!(),
+    " FROM verify_blocked_prefixes WHERE account_id = $1 AND prefix = $2"
+);
+pub const LIST_BLOCKED_PREFIXES: &str = concat!(
+    "SELECT ",
+    blocked_cols!(),
+    " FROM verify_blocked_prefixes WHERE account_id = $1 ORDER BY prefix"
+);
+pub const BLOCK_PREFIX: &str = concat!(
+    "INSERT INTO verify_blocked_prefixes (",
+    blocked_cols!(),
+    ") VALUES ($1, $2, 'blocked', $3, $4, $5, NULL) ON CONFLICT (account_id, prefix) DO UPDATE SET status = 'blocked', \
+     sends = excluded.sends, conversions = excluded.conversions, blocked_at_ms = excluded.blocked_at_ms"
+);
+pub const UNBLOCK_PREFIX: &str = "UPDATE verify_blocked_prefixes SET status = 'unblocked', unblocked_at_ms = $1 \
+     WHERE account_id = $2 AND prefix = $3 AND status = 'blocked'";
 
 macro_rules! factor_cols {
     () => {
@@ -616,6 +651,15 @@ pub const ALL: &[&str] = &[
     VERIFICATION_STEPS,
     TAKE_ATTEMPT,
     END_VERIFICATION,
+    GET_VERIFY_POLICY,
+    PUT_VERIFY_POLICY,
+    COUNT_PREFIX_VELOCITY,
+    COUNT_IP_VELOCITY,
+    PREFIX_STATS,
+    GET_BLOCKED_PREFIX,
+    LIST_BLOCKED_PREFIXES,
+    BLOCK_PREFIX,
+    UNBLOCK_PREFIX,
     INSERT_FACTOR,
     GET_FACTOR,
     LIST_FACTORS,

@@ -5,7 +5,9 @@ use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
 use haven_platform::store::StoreResult;
 use haven_verify::factors::{FactorRow, FactorStore};
-use haven_verify::store::{Attempt, VerificationRow, VerifyStepRow, VerifyStore};
+use haven_verify::store::{
+    Attempt, BlockedPrefix, Velocity, VerificationRow, VerifyStepRow, VerifyStore,
+};
 use sqlx::Row;
 
 macro_rules! impl_verify_store {
@@ -23,6 +25,8 @@ macro_rules! impl_verify_store {
                     workflow_ct: r.try_get("workflow_ct").map_err(backend)?,
                     contact_id: r.try_get("contact_id").map_err(backend)?,
                     recipient_bidx: r.try_get("recipient_bidx").map_err(backend)?,
+                    dest_prefix: r.try_get("dest_prefix").map_err(backend)?,
+                    client_ip_bidx: r.try_get("client_ip_bidx").map_err(backend)?,
                     step_count: r.try_get("step_count").map_err(backend)?,
                     current_step: r.try_get("current_step").map_err(backend)?,
                     code_hash: r.try_get("code_hash").map_err(backend)?,
@@ -41,8 +45,159 @@ macro_rules! impl_verify_store {
             }
         }
 
+        impl $store {
+            fn blocked_row(r: &$row) -> StoreResult<BlockedPrefix> {
+                Ok(BlockedPrefix {
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    prefix: r.try_get("prefix").map_err(backend)?,
+                    status: r.try_get("status").map_err(backend)?,
+                    sends: r.try_get("sends").map_err(backend)?,
+                    conversions: r.try_get("conversions").map_err(backend)?,
+                    blocked_at_ms: r.try_get("blocked_at_ms").map_err(backend)?,
+                    unblocked_at_ms: r.try_get("unblocked_at_ms").map_err(backend)?,
+                })
+            }
+        }
+
         #[async_trait::async_trait]
         impl VerifyStore for $store {
+            async fn get_verify_policy(&self, account_id: &str) -> StoreResult<Option<String>> {
+                let row = sqlx::query(sql::GET_VERIFY_POLICY)
+                    .bind(account_id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| r.try_get("policy").map_err(backend))
+                    .transpose()
+            }
+
+            async fn put_verify_policy(
+                &self,
+                account_id: &str,
+                policy: &str,
+                at_ms: i64,
+            ) -> StoreResult<()> {
+                sqlx::query(sql::PUT_VERIFY_POLICY)
+                    .bind(account_id)
+                    .bind(policy)
+                    .bind(at_ms)
+                    .execute(self.w())
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn count_velocity(
+                &self,
+                account_id: &str,
+                by: Velocity<'_>,
+                since_ms: i64,
+            ) -> StoreResult<i64> {
+                let q = match by {
+                    Velocity::Prefix(p) => sqlx::query(sql::COUNT_PREFIX_VELOCITY)
+                        .bind(account_id)
+                        .bind(p.to_owned()),
+                    Velocity::ClientIp(ip) => sqlx::query(sql::COUNT_IP_VELOCITY)
+                        .bind(account_id)
+                        .bind(ip.to_vec()),
+                };
+                let row = q
+                    .bind(since_ms)
+                    .fetch_one(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.try_get("n").map_err(backend)
+            }
+
+            async fn prefix_stats(
+                &self,
+                account_id: &str,
+                prefix: &str,
+                since_ms: i64,
+                young_after_ms: i64,
+            ) -> StoreResult<(i64, i64)> {
+                let row = sqlx::query(sql::PREFIX_STATS)
+                    .bind(account_id)
+                    .bind(prefix)
+                    .bind(since_ms)
+                    .bind(young_after_ms)
+                    .fetch_one(self.r())
+                    .await
+                    .map_err(backend)?;
+                Ok((
+                    row.try_get("sends").map_err(backend)?,
+                    row.try_get("conversions").map_err(backend)?,
+                ))
+            }
+
+            async fn blocked_prefix(
+                &self,
+                account_id: &str,
+                prefix: &str,
+            ) -> StoreResult<Option<BlockedPrefix>> {
+                let row = sqlx::query(sql::GET_BLOCKED_PREFIX)
+                    .bind(account_id)
+                    .bind(prefix)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(backend)?;
+                row.map(|r| Self::blocked_row(&r)).transpose()
+            }
+
+            async fn list_blocked_prefixes(
+                &self,
+                account_id: &str,
+            ) -> StoreResult<Vec<BlockedPrefix>> {
+                let rows = sqlx::query(sql::LIST_BLOCKED_PREFIXES)
+                    .bind(account_id)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(Self::blocked_row).collect()
+            }
+
+            async fn block_prefix(
+                &self,
+                b: &BlockedPrefix,
+                event: &OutboxEvent,
+            ) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                sqlx::query(sql::BLOCK_PREFIX)
+                    .bind(&b.account_id)
+                    .bind(&b.prefix)
+                    .bind(b.sends)
+                    .bind(b.conversions)
+                    .bind(b.blocked_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                Self::push_events(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn unblock_prefix(
+                &self,
+                account_id: &str,
+                prefix: &str,
+                at_ms: i64,
+                event: &OutboxEvent,
+            ) -> StoreResult<bool> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                let done = sqlx::query(sql::UNBLOCK_PREFIX)
+                    .bind(at_ms)
+                    .bind(account_id)
+                    .bind(prefix)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::push_events(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
             async fn insert_verification(
                 &self,
                 v: &VerificationRow,
@@ -85,6 +240,8 @@ macro_rules! impl_verify_store {
                     .bind(v.created_at_ms)
                     .bind(v.updated_at_ms)
                     .bind(v.final_at_ms)
+                    .bind(&v.dest_prefix)
+                    .bind(&v.client_ip_bidx)
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;

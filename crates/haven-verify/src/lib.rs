@@ -15,9 +15,11 @@
 //!   message and removed from it once a carrier took it.
 
 pub mod factors;
+pub mod guard;
 pub mod store;
 pub mod texts;
 
+pub use guard::VerifyPolicy;
 use haven_channel::ChannelKind;
 use haven_identity::{FieldError, IdentityError, Principal, RequestMeta, Right, Scope};
 use haven_messaging::{Messaging, MessagingError, SendRequest};
@@ -31,13 +33,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-pub use store::{Attempt, VerificationRow, VerifyStepRow, VerifyStore};
+use store::Velocity;
+pub use store::{Attempt, BlockedPrefix, VerificationRow, VerifyStepRow, VerifyStore};
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 pub const VERIFICATION_PREFIX: &str = "ver";
 const WRITE: Scope = Scope::new("verify", Right::Write);
 const READ: Scope = Scope::new("verify", Right::Read);
+const ADMIN: Scope = Scope::new("verify", Right::Admin);
 const TABLE: &str = "verifications";
 const MAX_STEPS: usize = 3;
 const MAX_BRAND: usize = 30;
@@ -66,6 +70,13 @@ pub enum VerifyError {
     FactorLocked { retry_after: Duration },
     #[error("the code was used already")]
     CodeReused,
+    /// The destination is refused: premium rate, a high-risk range, a blocked prefix, or a
+    /// country outside the account's allowlist.
+    #[error("codes are not sent to this destination ({0})")]
+    DestinationNotAllowed(&'static str),
+    /// The pumping guard blocked the destination's prefix.
+    #[error("the destination prefix {0} is blocked")]
+    DestinationBlocked(String),
     #[error(transparent)]
     Messaging(#[from] MessagingError),
     #[error(transparent)]
@@ -85,6 +96,16 @@ pub struct VerifySettings {
     /// Verifications an account may start to one recipient per `recipient_window`.
     pub per_recipient: i64,
     pub recipient_window: Duration,
+    /// Verifications per end-user IP address and per destination prefix in that window.
+    pub per_ip: i64,
+    pub per_prefix: i64,
+    /// SMS pumping: over this window, a prefix with at least `pumping_min_sends` codes sent
+    /// of which fewer than `pumping_min_conversion` were used is blocked. Verifications still
+    /// pending and younger than `pumping_grace` are not counted yet.
+    pub pumping_window: Duration,
+    pub pumping_min_sends: i64,
+    pub pumping_min_conversion: f64,
+    pub pumping_grace: Duration,
     pub lease: Duration,
     pub poll: Duration,
 }
@@ -95,6 +116,12 @@ impl Default for VerifySettings {
             max_attempts: 5,
             per_recipient: 5,
             recipient_window: Duration::from_secs(600),
+            per_ip: 10,
+            per_prefix: 100,
+            pumping_window: Duration::from_secs(3600),
+            pumping_min_sends: 20,
+            pumping_min_conversion: 0.2,
+            pumping_grace: Duration::from_secs(120),
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(500),
         }
@@ -121,6 +148,8 @@ pub struct StartRequest {
     pub channel_timeout_seconds: Option<u64>,
     /// The app's domain, for the SMS autofill line (`@domain #code`).
     pub app_domain: Option<String>,
+    /// The end user's IP address, when the app passes it (per-IP velocity limit).
+    pub client_ip: Option<String>,
 }
 
 /// A verification as shown (no addresses, no code).
@@ -349,11 +378,235 @@ impl Verifier {
                 "must be a domain name such as app.clinic.example.org",
             ));
         }
+        if let Some(ip) = &req.client_ip
+            && ip.parse::<std::net::IpAddr>().is_err()
+        {
+            errors.push(FieldError::new(
+                "client_ip",
+                "must be an IPv4 or IPv6 address",
+            ));
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
+    }
+
+    /// The account's Verify policy.
+    async fn policy_of(&self, account_id: &str) -> VerifyResult<VerifyPolicy> {
+        match self.store.get_verify_policy(account_id).await? {
+            Some(raw) => Ok(serde_json::from_str(&raw)
+                .map_err(|_| StoreError::Backend("stored verify policy is not readable".into()))?),
+            None => Ok(VerifyPolicy::default()),
+        }
+    }
+
+    pub async fn policy(&self, p: &Principal) -> VerifyResult<VerifyPolicy> {
+        p.require(READ)?;
+        self.policy_of(&p.account_id).await
+    }
+
+    pub async fn set_policy(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        policy: VerifyPolicy,
+    ) -> VerifyResult<VerifyPolicy> {
+        p.require(ADMIN)?;
+        let policy = policy.parse().map_err(VerifyError::Invalid)?;
+        let raw = serde_json::to_string(&policy)
+            .map_err(|_| StoreError::Backend("policy not serializable".into()))?;
+        self.store
+            .put_verify_policy(&p.account_id, &raw, now_ms())
+            .await?;
+        self.audit(
+            p,
+            meta,
+            AuditAction::VerifyPolicyChanged,
+            Outcome::Success,
+            &p.account_id,
+        )
+        .await;
+        Ok(policy)
+    }
+
+    pub async fn blocked_prefixes(&self, p: &Principal) -> VerifyResult<Vec<BlockedPrefix>> {
+        p.require(READ)?;
+        Ok(self.store.list_blocked_prefixes(&p.account_id).await?)
+    }
+
+    /// Lifts a pumping block; the prefix's statistics start again from now.
+    pub async fn unblock(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        prefix: &str,
+    ) -> VerifyResult<()> {
+        p.require(ADMIN)?;
+        let prefix = if prefix.starts_with('+') {
+            prefix.to_owned()
+        } else {
+            format!("+{prefix}")
+        };
+        let e = OutboxEvent::new(
+            "verify.prefix_unblocked",
+            &p.account_id,
+            json!({ "prefix": prefix }),
+        );
+        if !self
+            .store
+            .unblock_prefix(&p.account_id, &prefix, now_ms(), &e)
+            .await?
+        {
+            return Err(VerifyError::NotFound);
+        }
+        self.events_written();
+        self.audit(
+            p,
+            meta,
+            AuditAction::VerifyPrefixUnblocked,
+            Outcome::Success,
+            &prefix,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The fraud guard: refuses a destination, or counts it against the velocity limits and
+    /// the pumping statistics. Returns the prefix the verification is counted under.
+    async fn guard(
+        &self,
+        p: &Principal,
+        meta: &RequestMeta,
+        workflow: &[Channel],
+        client_ip_bidx: Option<&[u8]>,
+    ) -> VerifyResult<Option<String>> {
+        let account = p.account_id.as_str();
+        let policy = self.policy_of(account).await?;
+        let mut dest_prefix = None;
+        for ch in workflow.iter().filter(|c| c.channel == "sms") {
+            let d = guard::classify(&ch.to);
+            if let Some(reason) = policy.refusal(&ch.to, &d) {
+                metrics::counter!("haven_verify_refused_total", "reason" => reason).increment(1);
+                self.audit(
+                    p,
+                    meta,
+                    AuditAction::VerifyBlocked,
+                    Outcome::Failure,
+                    reason,
+                )
+                .await;
+                return Err(VerifyError::DestinationNotAllowed(reason));
+            }
+            if dest_prefix.is_none() {
+                dest_prefix = Some(d.prefix);
+            }
+        }
+        let now = now_ms();
+        let since = now - ms(self.settings.recipient_window);
+        let limited = |what: &'static str| {
+            metrics::counter!("haven_verify_refused_total", "reason" => what).increment(1);
+            VerifyError::TooMany {
+                retry_after: self.settings.recipient_window / 2,
+            }
+        };
+        if let Some(ip) = client_ip_bidx
+            && self
+                .store
+                .count_velocity(account, Velocity::ClientIp(ip), since)
+                .await?
+                >= self.settings.per_ip
+        {
+            self.audit(
+                p,
+                meta,
+                AuditAction::VerifyBlocked,
+                Outcome::Failure,
+                "client_ip_rate",
+            )
+            .await;
+            return Err(limited("client_ip_rate"));
+        }
+        let Some(prefix) = dest_prefix else {
+            return Ok(None);
+        };
+        if self
+            .store
+            .count_velocity(account, Velocity::Prefix(&prefix), since)
+            .await?
+            >= self.settings.per_prefix
+        {
+            self.audit(
+                p,
+                meta,
+                AuditAction::VerifyBlocked,
+                Outcome::Failure,
+                "prefix_rate",
+            )
+            .await;
+            return Err(limited("prefix_rate"));
+        }
+        let blocked = self.store.blocked_prefix(account, &prefix).await?;
+        if blocked.as_ref().is_some_and(|b| b.status == "blocked") {
+            metrics::counter!("haven_verify_refused_total", "reason" => "prefix_blocked")
+                .increment(1);
+            self.audit(
+                p,
+                meta,
+                AuditAction::VerifyBlocked,
+                Outcome::Failure,
+                &prefix,
+            )
+            .await;
+            return Err(VerifyError::DestinationBlocked(prefix));
+        }
+        let since = (now - ms(self.settings.pumping_window))
+            .max(blocked.and_then(|b| b.unblocked_at_ms).unwrap_or(0));
+        let (sends, conversions) = self
+            .store
+            .prefix_stats(
+                account,
+                &prefix,
+                since,
+                now - ms(self.settings.pumping_grace),
+            )
+            .await?;
+        if guard::pumped(
+            sends,
+            conversions,
+            self.settings.pumping_min_sends,
+            self.settings.pumping_min_conversion,
+        ) {
+            let row = BlockedPrefix {
+                account_id: account.to_owned(),
+                prefix: prefix.clone(),
+                status: "blocked".into(),
+                sends,
+                conversions,
+                blocked_at_ms: now,
+                unblocked_at_ms: None,
+            };
+            let e = OutboxEvent::new(
+                "verify.prefix_blocked",
+                account,
+                json!({ "prefix": prefix, "sends": sends, "conversions": conversions }),
+            );
+            self.store.block_prefix(&row, &e).await?;
+            self.events_written();
+            tracing::warn!(%prefix, sends, conversions, "SMS pumping suspected: prefix blocked");
+            metrics::counter!("haven_verify_prefixes_blocked_total").increment(1);
+            self.audit(
+                p,
+                meta,
+                AuditAction::VerifyBlocked,
+                Outcome::Failure,
+                &prefix,
+            )
+            .await;
+            return Err(VerifyError::DestinationBlocked(prefix));
+        }
+        Ok(Some(prefix))
     }
 
     /// The message a step sends: Haven's localized text with the code.
@@ -446,6 +699,17 @@ impl Verifier {
             .messaging
             .peer_index(&p.account_id, kind, &first.to)
             .await?;
+        let client_ip_bidx = match &req.client_ip {
+            Some(ip) => Some(
+                self.vault
+                    .blind_index(&p.account_id, "verify:client_ip", ip)
+                    .await?,
+            ),
+            None => None,
+        };
+        let dest_prefix = self
+            .guard(p, meta, &workflow, client_ip_bidx.as_deref())
+            .await?;
         let now = now_ms();
         let recent = self
             .store
@@ -490,6 +754,8 @@ impl Verifier {
             workflow_ct,
             contact_id,
             recipient_bidx,
+            dest_prefix,
+            client_ip_bidx,
             step_count: i64::try_from(workflow.len()).unwrap_or(1),
             current_step: 0,
             code_hash: None,

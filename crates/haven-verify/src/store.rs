@@ -21,6 +21,8 @@ pub struct VerificationRow {
     /// Blind index of the first recipient: one pending verification per recipient, and the
     /// per-recipient limit.
     pub recipient_bidx: Vec<u8>,
+    pub dest_prefix: Option<String>,
+    pub client_ip_bidx: Option<Vec<u8>>,
     pub step_count: i64,
     pub current_step: i64,
     /// Keyed hash of the current code (the one the latest message carries).
@@ -63,8 +65,68 @@ pub struct Attempt {
     pub expires_at_ms: i64,
 }
 
+/// A prefix the pumping guard blocked.
+#[derive(Debug, Clone)]
+pub struct BlockedPrefix {
+    pub account_id: String,
+    pub prefix: String,
+    /// `blocked` or `unblocked`.
+    pub status: String,
+    pub sends: i64,
+    pub conversions: i64,
+    pub blocked_at_ms: i64,
+    pub unblocked_at_ms: Option<i64>,
+}
+
+/// Which verifications a velocity count covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Velocity<'a> {
+    Prefix(&'a str),
+    ClientIp(&'a [u8]),
+}
+
 #[async_trait::async_trait]
 pub trait VerifyStore: Send + Sync {
+    async fn get_verify_policy(&self, account_id: &str) -> StoreResult<Option<String>>;
+    async fn put_verify_policy(
+        &self,
+        account_id: &str,
+        policy: &str,
+        at_ms: i64,
+    ) -> StoreResult<()>;
+    /// Verifications the account started since then, to a prefix or from an end user's IP.
+    async fn count_velocity(
+        &self,
+        account_id: &str,
+        by: Velocity<'_>,
+        since_ms: i64,
+    ) -> StoreResult<i64>;
+    /// (sends, conversions) to a prefix since `since_ms`, leaving out pending verifications
+    /// younger than `young_after_ms` (not yet a sign of anything).
+    async fn prefix_stats(
+        &self,
+        account_id: &str,
+        prefix: &str,
+        since_ms: i64,
+        young_after_ms: i64,
+    ) -> StoreResult<(i64, i64)>;
+    async fn blocked_prefix(
+        &self,
+        account_id: &str,
+        prefix: &str,
+    ) -> StoreResult<Option<BlockedPrefix>>;
+    async fn list_blocked_prefixes(&self, account_id: &str) -> StoreResult<Vec<BlockedPrefix>>;
+    /// Blocks (or blocks again) a prefix, with its event.
+    async fn block_prefix(&self, row: &BlockedPrefix, event: &OutboxEvent) -> StoreResult<()>;
+    /// Unblocks a blocked prefix, with its event; false when it was not blocked.
+    async fn unblock_prefix(
+        &self,
+        account_id: &str,
+        prefix: &str,
+        at_ms: i64,
+        event: &OutboxEvent,
+    ) -> StoreResult<bool>;
+
     /// Inserts a verification (leased until its `wake_at_ms`) and its steps; pending
     /// verifications to the same recipient of
     /// the account become `superseded` (their codes stop working) with their events.

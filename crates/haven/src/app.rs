@@ -256,9 +256,13 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         haven_verify::VerifySettings {
             max_attempts: i64::from(config.verify.max_attempts),
             per_recipient: i64::from(config.verify.per_recipient),
-            recipient_window: std::time::Duration::from_secs(
-                config.verify.recipient_window_seconds,
-            ),
+            recipient_window: std::time::Duration::from_secs(config.verify.rate_window_seconds),
+            per_ip: i64::from(config.verify.per_ip),
+            per_prefix: i64::from(config.verify.per_prefix),
+            pumping_window: std::time::Duration::from_secs(config.verify.pumping_window_seconds),
+            pumping_min_sends: i64::from(config.verify.pumping_min_sends),
+            pumping_min_conversion: config.verify.pumping_min_conversion,
+            pumping_grace: std::time::Duration::from_secs(config.verify.pumping_grace_seconds),
             ..Default::default()
         },
     );

@@ -6,8 +6,9 @@ use crate::{AppState, idempotency};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::response::Response;
-use haven_verify::{Channel, StartRequest, Verification};
+use haven_verify::{BlockedPrefix, Channel, StartRequest, Verification, VerifyPolicy};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -49,6 +50,10 @@ pub struct StartVerification {
     /// to fill in on that domain only.
     #[schema(example = "app.clinic.example.org")]
     pub app_domain: Option<String>,
+    /// The end user's IP address (the patient's, not your server's): counted against the
+    /// per-IP velocity limit. Stored only as a keyed blind index.
+    #[schema(example = "203.0.113.7")]
+    pub client_ip: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -160,6 +165,7 @@ pub async fn start_verification(
         expiry_seconds: b.expiry_seconds,
         channel_timeout_seconds: b.channel_timeout_seconds,
         app_domain: b.app_domain,
+        client_ip: b.client_ip,
     };
     let meta = auth.meta();
     idempotency::once(
@@ -246,4 +252,139 @@ pub async fn next_channel(
             .await?
             .into(),
     ))
+}
+
+/// An account's Verify policy: where SMS codes may go.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPolicyBody {
+    /// When set, SMS codes go only to numbers of these countries (ISO 3166-1 alpha-2).
+    #[schema(example = json!(["US", "CA"]))]
+    pub allowed_countries: Option<Vec<String>>,
+    /// Prefixes refused on top of the built-in ones (premium-rate and shared-cost numbers,
+    /// satellite and international networks: +870, +878, +879, +881, +882, +883, +888, +979).
+    #[serde(default)]
+    #[schema(example = json!(["+4470"]))]
+    pub blocked_prefixes: Vec<String>,
+}
+
+impl From<VerifyPolicy> for VerifyPolicyBody {
+    fn from(p: VerifyPolicy) -> Self {
+        Self {
+            allowed_countries: p.allowed_countries,
+            blocked_prefixes: p.blocked_prefixes,
+        }
+    }
+}
+
+/// The account's Verify policy.
+#[utoipa::path(get, path = "/v1/verify/policy", tag = "verify",
+    responses((status = 200, description = "OK", body = VerifyPolicyBody), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 403, description = "Needs verify:read", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn get_verify_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+) -> Result<Json<VerifyPolicyBody>, Problem> {
+    Ok(Json(st.verify.policy(&auth.principal).await?.into()))
+}
+
+/// Replace the account's Verify policy (needs `verify:admin`).
+#[utoipa::path(put, path = "/v1/verify/policy", tag = "verify", request_body = VerifyPolicyBody,
+    responses((status = 200, description = "Replaced", body = VerifyPolicyBody), (status = 403, description = "Needs verify:admin", body = ProblemBody), (status = 422, description = "Invalid", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn put_verify_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    body: ApiJson<VerifyPolicyBody>,
+) -> Result<Json<VerifyPolicyBody>, Problem> {
+    let b = body.value;
+    Ok(Json(
+        st.verify
+            .set_policy(
+                &auth.principal,
+                &auth.meta(),
+                VerifyPolicy {
+                    allowed_countries: b.allowed_countries,
+                    blocked_prefixes: b.blocked_prefixes,
+                },
+            )
+            .await?
+            .into(),
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlockedPrefixView {
+    /// `+` and the first six digits.
+    #[schema(example = "+447911")]
+    pub prefix: String,
+    /// `blocked`, or `unblocked` (kept: statistics restart from `unblocked_at`).
+    pub status: String,
+    /// Codes sent and used in the window that led to the block.
+    pub sends: i64,
+    pub conversions: i64,
+    pub blocked_at: String,
+    pub unblocked_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlockedPrefixList {
+    pub items: Vec<BlockedPrefixView>,
+}
+
+impl From<BlockedPrefix> for BlockedPrefixView {
+    fn from(b: BlockedPrefix) -> Self {
+        Self {
+            prefix: b.prefix,
+            status: b.status,
+            sends: b.sends,
+            conversions: b.conversions,
+            blocked_at: haven_platform::clock::to_rfc3339(b.blocked_at_ms),
+            unblocked_at: super::rfc3339(b.unblocked_at_ms),
+        }
+    }
+}
+
+/// Prefixes the SMS-pumping guard blocked (codes sent there were almost never used).
+#[utoipa::path(get, path = "/v1/verify/blocked-prefixes", tag = "verify",
+    responses((status = 200, description = "OK", body = BlockedPrefixList), (status = 401, description = "Not authenticated", body = ProblemBody), (status = 403, description = "Needs verify:read", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn list_blocked_prefixes(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+) -> Result<Json<BlockedPrefixList>, Problem> {
+    Ok(Json(BlockedPrefixList {
+        items: st
+            .verify
+            .blocked_prefixes(&auth.principal)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    }))
+}
+
+/// Unblock a prefix (its digits, without `+`; needs `verify:admin`). Its statistics start
+/// again from now, so a new collapse blocks it again.
+#[utoipa::path(delete, path = "/v1/verify/blocked-prefixes/{prefix}", tag = "verify", params(("prefix" = String, Path, example = "447911")),
+    responses((status = 204, description = "Unblocked"), (status = 403, description = "Needs verify:admin", body = ProblemBody), (status = 404, description = "Not blocked", body = ProblemBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn unblock_prefix(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    ApiPath(prefix): ApiPath<String>,
+) -> Result<Response, Problem> {
+    if prefix.is_empty()
+        || prefix.len() > 16
+        || !prefix
+            .trim_start_matches('+')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(haven_verify::VerifyError::NotFound.into());
+    }
+    st.verify
+        .unblock(&auth.principal, &auth.meta(), &prefix)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -14,6 +14,10 @@ CREATE TABLE verifications (
     workflow_ct         BLOB NOT NULL,
     contact_id          TEXT,
     recipient_bidx      BLOB NOT NULL,
+    -- The first SMS destination's prefix (+ and six digits: coarse, for velocity limits and
+    -- pumping statistics) and the blind index of the end user's IP address, when given.
+    dest_prefix         TEXT,
+    client_ip_bidx      BLOB,
     step_count          INTEGER NOT NULL,
     current_step        INTEGER NOT NULL,
     code_hash           BLOB,
@@ -32,6 +36,28 @@ CREATE TABLE verifications (
 );
 CREATE INDEX verifications_due ON verifications (wake_at_ms) WHERE status = 'pending';
 CREATE INDEX verifications_by_recipient ON verifications (account_id, recipient_bidx, created_at_ms);
+CREATE INDEX verifications_by_prefix ON verifications (account_id, dest_prefix, created_at_ms)
+    WHERE dest_prefix IS NOT NULL;
+CREATE INDEX verifications_by_client_ip ON verifications (account_id, client_ip_bidx, created_at_ms)
+    WHERE client_ip_bidx IS NOT NULL;
+
+-- Each account's Verify policy (country allowlist, extra blocked prefixes) as JSON, and the
+-- prefixes the pumping guard blocked (kept after unblocking: statistics restart from then).
+CREATE TABLE verify_policies (
+    account_id     TEXT PRIMARY KEY REFERENCES accounts (id),
+    policy         TEXT NOT NULL,
+    updated_at_ms  INTEGER NOT NULL
+);
+CREATE TABLE verify_blocked_prefixes (
+    account_id       TEXT NOT NULL REFERENCES accounts (id),
+    prefix           TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('blocked', 'unblocked')),
+    sends            INTEGER NOT NULL,
+    conversions      INTEGER NOT NULL,
+    blocked_at_ms    INTEGER NOT NULL,
+    unblocked_at_ms  INTEGER,
+    PRIMARY KEY (account_id, prefix)
+);
 
 CREATE TABLE verification_steps (
     verification_id  TEXT NOT NULL REFERENCES verifications (id),

@@ -16,6 +16,7 @@ both_backends!(
     guessing_is_bounded,
     channels_fail_over_on_time_through_kill_9,
     totp_factors_with_pyotp_as_the_app,
+    the_fraud_guard_refuses_and_blocks_pumping,
 );
 
 /// The digits after `marker` in `text`.
@@ -622,4 +623,122 @@ async fn totp_factors_with_pyotp_as_the_app(backend: Backend) {
         "not-found",
     )
     .await;
+}
+
+async fn refused(s: &Server, v: Value, slug: &str) -> String {
+    let p = expect_problem(s.admin(Method::POST, "/v1/verify").json(&v), 422, slug).await;
+    p["detail"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn the_fraud_guard_refuses_and_blocks_pumping(backend: Backend) {
+    let (smsc, _relay, s, _cfg) = peers(
+        backend,
+        &[
+            ("HAVEN_VERIFY__PUMPING_GRACE_SECONDS", "0"),
+            ("HAVEN_VERIFY__PUMPING_MIN_SENDS", "8"),
+            ("HAVEN_VERIFY__PER_IP", "3"),
+        ],
+    )
+    .await;
+    let to = |n: &str| json!({ "brand": "Clinic", "workflow": [{ "channel": "sms", "to": n, "from": "+14155550199" }] });
+
+    // Where codes may go.
+    expect_problem(
+        s.admin(Method::PUT, "/v1/verify/policy")
+            .json(&json!({ "allowed_countries": ["USA"], "blocked_prefixes": ["1415"] })),
+        422,
+        "validation-failed",
+    )
+    .await;
+    let (st, p) = send(s.admin(Method::PUT, "/v1/verify/policy").json(&json!({
+        "allowed_countries": ["us", "CA", "GB"], "blocked_prefixes": ["+1415777"] })))
+    .await;
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["allowed_countries"], json!(["CA", "GB", "US"]), "{p}");
+    for (number, reason) in [
+        ("+19005550100", "premium_rate"),
+        ("+449098790123", "premium_rate"),
+        ("+881612345678", "high_risk_range"),
+        ("+33612345678", "country_not_allowed"),
+        ("+14157770100", "blocked_prefix"),
+    ] {
+        let detail = refused(&s, to(number), "destination-not-allowed").await;
+        assert!(detail.contains(reason), "{number}: {detail}");
+    }
+
+    // Per end-user IP address.
+    for i in 0..3 {
+        let mut v = to(&format!("+1312555010{i}"));
+        v["client_ip"] = json!("203.0.113.7");
+        start_verify(&s, v).await;
+    }
+    let mut v = to("+13125550109");
+    v["client_ip"] = json!("203.0.113.7");
+    let (st, p) = send(s.admin(Method::POST, "/v1/verify").json(&v)).await;
+    assert_eq!(
+        (st.as_u16(), p["type"].as_str()),
+        (429, Some("/problems/verify-rate-limited")),
+        "{p}"
+    );
+    v["client_ip"] = json!("198.51.100.20");
+    start_verify(&s, v).await;
+
+    // A prefix whose codes are used stays open.
+    for i in 0..9 {
+        let n = format!("+1617555010{i}");
+        let v = start_verify(&s, to(&n)).await;
+        let id = v["id"].as_str().unwrap_or_default().to_owned();
+        let text = sms_to(&smsc, &n, 0, 20).await;
+        let code = code_after(&text, "verification code is").unwrap_or_default();
+        let (st, ok) = check(&s, &id, &code).await;
+        assert_eq!(st, 200, "{ok}");
+    }
+    // A burst to one prefix where no code is ever used: blocked once the sample is big enough.
+    for i in 0..8 {
+        start_verify(&s, to(&format!("+1212555010{i}"))).await;
+    }
+    let detail = refused(&s, to("+12125550108"), "destination-blocked").await;
+    assert!(detail.contains("+121255"), "{detail}");
+    let (_, list) = send(s.admin(Method::GET, "/v1/verify/blocked-prefixes")).await;
+    assert_eq!(list["items"][0]["prefix"], "+121255", "{list}");
+    assert_eq!(list["items"][0]["status"], "blocked", "{list}");
+    assert_eq!(list["items"][0]["sends"], 8, "{list}");
+    assert_eq!(list["items"][0]["conversions"], 0, "{list}");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    refused(&s, to("+12125550199"), "destination-blocked").await;
+
+    // Only an admin of the account lifts it; then the prefix starts afresh.
+    let (k, ks) = crate::common::create_key(&s, &s.admin.account_id, &["verify:write"]).await;
+    expect_problem(
+        s.as_key(
+            Method::DELETE,
+            "/v1/verify/blocked-prefixes/121255",
+            &k,
+            &ks,
+        ),
+        403,
+        "insufficient-scope",
+    )
+    .await;
+    let (st, _) = send(s.admin(Method::DELETE, "/v1/verify/blocked-prefixes/121255")).await;
+    assert_eq!(st, 204);
+    expect_problem(
+        s.admin(Method::DELETE, "/v1/verify/blocked-prefixes/121255"),
+        404,
+        "not-found",
+    )
+    .await;
+    start_verify(&s, to("+12125550108")).await;
+    let (_, list) = send(s.admin(Method::GET, "/v1/verify/blocked-prefixes")).await;
+    assert_eq!(list["items"][0]["status"], "unblocked", "{list}");
+
+    // Every refusal and block is in the audit log.
+    let (st, audit) = send(s.admin(
+        Method::GET,
+        "/v1/audit/events?action=verify.blocked&page_size=100",
+    ))
+    .await;
+    assert_eq!(st, 200, "{audit}");
+    let n = audit["items"].as_array().map_or(0, Vec::len);
+    assert!(n >= 8, "refusals audited: {audit}");
 }
