@@ -784,7 +784,9 @@ impl Verifier {
                 sent_at_ms: None,
             })
             .collect();
-        // The row is leased to this request until the first code is out.
+        // The row is stored with its first code's hash, leased to this request until that
+        // code is out.
+        let first_code = self.stage_code(&mut row, &mut steps, 0).await?;
         let superseded = self
             .store
             .insert_verification(&row, &steps, &|old| {
@@ -800,7 +802,14 @@ impl Verifier {
         }
         let mut events = Vec::new();
         let sent = self
-            .send_from(&mut row, &mut steps, &workflow, 0, &mut events)
+            .send_from(
+                &mut row,
+                &mut steps,
+                &workflow,
+                0,
+                Some(first_code),
+                &mut events,
+            )
             .await;
         self.store
             .save_verification(&row, &steps, &events, 0)
@@ -825,6 +834,7 @@ impl Verifier {
         steps: &mut [VerifyStepRow],
         workflow: &[Channel],
         from: usize,
+        mut prepared: Option<String>,
         events: &mut Vec<OutboxEvent>,
     ) -> VerifyResult<()> {
         let mut last_err = None;
@@ -845,24 +855,22 @@ impl Verifier {
                 self.sent(row, steps, workflow.len(), i, events);
                 return Ok(());
             }
-            let code = new_code(usize::try_from(row.code_length).unwrap_or(6))
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            let now = now_ms();
-            row.code_hash = Some(self.code_hash(&row.account_id, &row.id, &code).await?);
-            row.expires_at_ms = now + row.expiry_ms;
-            if let Some(s) = steps.get_mut(i) {
-                s.status = "sending".into();
-            }
             // The hash is stored first (the lease kept): a message only ever carries the
-            // stored code.
-            row.wake_at_ms = now + ms(self.settings.lease);
-            if !self
-                .store
-                .save_verification(row, steps, &[], row.wake_at_ms)
-                .await?
-            {
-                return Err(VerifyError::Ended("no longer pending".into()));
-            }
+            // stored code. A new verification stored its first code's hash with itself.
+            let code = match prepared.take() {
+                Some(code) => code,
+                None => {
+                    let code = self.stage_code(row, steps, i).await?;
+                    if !self
+                        .store
+                        .save_verification(row, steps, &[], row.wake_at_ms)
+                        .await?
+                    {
+                        return Err(VerifyError::Ended("no longer pending".into()));
+                    }
+                    code
+                }
+            };
             let msg = Self::message(row, &workflow[i], &code);
             match self
                 .messaging
@@ -902,6 +910,27 @@ impl Verifier {
             json!({ "reason": "no_channel_could_be_sent" }),
         ));
         Err(last_err.map_or(VerifyError::NoNextChannel, VerifyError::Messaging))
+    }
+
+    /// Chooses step `i`'s code: its hash goes into the row, the step becomes `sending` and the
+    /// row stays leased. The caller stores the row before the message goes.
+    async fn stage_code(
+        &self,
+        row: &mut VerificationRow,
+        steps: &mut [VerifyStepRow],
+        i: usize,
+    ) -> VerifyResult<String> {
+        let code = new_code(usize::try_from(row.code_length).unwrap_or(6))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let now = now_ms();
+        row.current_step = i64::try_from(i).unwrap_or(0);
+        row.code_hash = Some(self.code_hash(&row.account_id, &row.id, &code).await?);
+        row.expires_at_ms = now + row.expiry_ms;
+        row.wake_at_ms = now + ms(self.settings.lease);
+        if let Some(s) = steps.get_mut(i) {
+            s.status = "sending".into();
+        }
+        Ok(code)
     }
 
     /// Records that step `i`'s code is on its way, and when to look next.
@@ -1161,7 +1190,7 @@ impl Verifier {
         };
         let mut events = Vec::new();
         let sent = self
-            .send_from(row, &mut steps, &workflow, from, &mut events)
+            .send_from(row, &mut steps, &workflow, from, None, &mut events)
             .await;
         row.updated_at_ms = now_ms();
         self.store
