@@ -17,8 +17,8 @@ use haven_channel::ChannelKind;
 use haven_identity::{FieldError, IdentityError, Principal, RequestMeta, Right, Scope};
 use haven_messaging::{MessageObserver, MessageStatus, Messaging, MessagingError};
 use haven_platform::audit::{AuditAction, AuditEvent, AuditSink, Outcome};
-use haven_platform::clock::now_ms;
-use haven_platform::events::OutboxEvent;
+use haven_platform::clock::{duration_ms as ms, now_ms};
+use haven_platform::events::{EventHook, OutboxEvent};
 use haven_platform::id::new_id;
 use haven_platform::page::{Page, PageRequest};
 use haven_platform::store::StoreError;
@@ -82,17 +82,13 @@ pub struct Dispatcher {
     audit: Arc<dyn AuditSink>,
     settings: DispatchSettings,
     wake: Notify,
-    event_hook: std::sync::RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
+    event_hook: EventHook,
 }
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Dispatcher")
     }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 fn field<'a>(account_id: &'a str, id: &'a str) -> FieldRef<'a> {
@@ -124,28 +120,6 @@ fn dispatch_event(
     )
 }
 
-/// Errors of a step's message that no retry can mend: the step is skipped.
-fn permanent(e: &MessagingError) -> bool {
-    !matches!(
-        e,
-        MessagingError::Store(_) | MessagingError::Vault(_) | MessagingError::Contacts(_)
-    )
-}
-
-fn reason_of(e: &MessagingError) -> String {
-    match e {
-        MessagingError::OptedOut => "recipient_opted_out".into(),
-        MessagingError::ConsentRequired => "consent_required".into(),
-        MessagingError::TemplateRequired => "template_required".into(),
-        MessagingError::TemplateNotApproved => "template_not_approved".into(),
-        MessagingError::LinkNotAllowed(_) => "link_not_allowed".into(),
-        MessagingError::SenderNotRegistered => "sender_not_registered".into(),
-        MessagingError::ChannelUnavailable(_) => "channel_unavailable".into(),
-        MessagingError::Invalid(_) => "invalid_message".into(),
-        _ => "not_sent".into(),
-    }
-}
-
 impl Dispatcher {
     pub fn new(
         store: Arc<dyn DispatchStore>,
@@ -159,7 +133,7 @@ impl Dispatcher {
             audit,
             settings,
             wake: Notify::new(),
-            event_hook: std::sync::RwLock::new(None),
+            event_hook: EventHook::default(),
         });
         messaging.observe(Arc::new(Nudger(Arc::downgrade(&d))));
         d
@@ -167,18 +141,11 @@ impl Dispatcher {
 
     /// Called after events are written, so this node's webhook worker wakes at once.
     pub fn on_events(&self, hook: Arc<dyn Fn() + Send + Sync>) {
-        *self.event_hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        self.event_hook.set(hook);
     }
 
     fn events_written(&self) {
-        let hook = self
-            .event_hook
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(h) = hook {
-            h();
-        }
+        self.event_hook.fire();
     }
 
     async fn audit(&self, p: &Principal, meta: &RequestMeta, action: AuditAction, id: &str) {
@@ -545,13 +512,13 @@ impl Dispatcher {
                         metrics::counter!("haven_dispatch_steps_total", "channel" => step.channel.clone()).increment(1);
                         break;
                     }
-                    Err(e) if permanent(&e) => {
-                        tracing::info!(dispatch_id = %row.id, step = i, reason = %reason_of(&e), "dispatch step skipped");
+                    Err(e) if !e.is_transient() => {
+                        tracing::info!(dispatch_id = %row.id, step = i, reason = e.reason(), "dispatch step skipped");
                         set_step(
                             &mut steps,
                             i,
                             "skipped",
-                            Some(reason_of(&e)),
+                            Some(e.reason().to_owned()),
                             None,
                             Some(now),
                         );

@@ -26,7 +26,7 @@ use haven_contacts::{AddressKind, Contacts, ContactsError};
 use haven_identity::{FieldError, IdentityError, Principal, RequestMeta, Right, Scope};
 use haven_platform::audit::{AuditAction, AuditEvent, AuditSink, Outcome as AuditOutcome};
 use haven_platform::clock::now_ms;
-use haven_platform::events::OutboxEvent;
+use haven_platform::events::{EventHook, OutboxEvent};
 use haven_platform::id::new_id;
 use haven_platform::page::{Page, PageRequest};
 use haven_platform::store::StoreError;
@@ -88,6 +88,29 @@ pub enum MessagingError {
     Store(#[from] StoreError),
 }
 
+impl MessagingError {
+    /// Whether sending the same message again could succeed: only the server's own faults
+    /// (store, keys) pass; refusals (consent, sender, policy, channel) stay refusals.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(_) | Self::Vault(_) | Self::Contacts(_))
+    }
+
+    /// A stable, PHI-free name for why a message was not sent, as workflows record it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::OptedOut => "recipient_opted_out",
+            Self::ConsentRequired => "consent_required",
+            Self::TemplateRequired => "template_required",
+            Self::TemplateNotApproved => "template_not_approved",
+            Self::LinkNotAllowed(_) => "link_not_allowed",
+            Self::SenderNotRegistered => "sender_not_registered",
+            Self::ChannelUnavailable(_) => "channel_unavailable",
+            Self::Invalid(_) => "invalid_message",
+            _ => "not_sent",
+        }
+    }
+}
+
 pub type MessagingResult<T> = Result<T, MessagingError>;
 
 #[derive(Debug, Clone)]
@@ -139,7 +162,6 @@ pub(crate) fn field<'a>(account_id: &'a str, id: &'a str, column: &'static str) 
     }
 }
 
-type EventHook = Arc<dyn Fn() + Send + Sync>;
 /// (channel, address) → its owner (or none) and when that was read.
 type SenderCache = HashMap<(String, String), (Option<SenderRow>, std::time::Instant)>;
 
@@ -157,7 +179,7 @@ pub struct Messaging {
     pub(crate) outcome_writer: Batcher<store::Outcome>,
     pub(crate) wake_sender: Notify,
     pub(crate) wake_receipts: Notify,
-    event_hook: RwLock<Option<EventHook>>,
+    event_hook: EventHook,
     /// Who owns an address, as last read: (channel, address) → owner and when read.
     sender_cache: std::sync::Mutex<SenderCache>,
     /// Each account's messaging policy, as last read.
@@ -254,7 +276,7 @@ impl Messaging {
             outcome_writer,
             wake_sender: Notify::new(),
             wake_receipts: Notify::new(),
-            event_hook: RwLock::new(None),
+            event_hook: EventHook::default(),
             sender_cache: std::sync::Mutex::new(HashMap::new()),
             policy_cache: std::sync::Mutex::new(HashMap::new()),
             observer: RwLock::new(None),
@@ -273,8 +295,8 @@ impl Messaging {
     }
 
     /// Called after events are written, so this node's webhook worker wakes at once.
-    pub fn on_events(&self, hook: EventHook) {
-        *self.event_hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    pub fn on_events(&self, hook: Arc<dyn Fn() + Send + Sync>) {
+        self.event_hook.set(hook);
     }
 
     /// Registers the observer of message changes (Dispatch).
@@ -299,14 +321,7 @@ impl Messaging {
     }
 
     pub(crate) fn events_written(&self) {
-        let hook = self
-            .event_hook
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(h) = hook {
-            h();
-        }
+        self.event_hook.fire();
     }
 
     async fn audit(

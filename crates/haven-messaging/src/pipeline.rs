@@ -6,7 +6,7 @@ use crate::{MessageRow, Messaging, MessagingError, MessagingResult, field, messa
 use haven_channel::{
     ChannelEvent, ChannelKind, InboundSink, Outbound, ReceiptState, SendError, SinkError,
 };
-use haven_platform::clock::now_ms;
+use haven_platform::clock::{duration_ms as ms, now_ms};
 use haven_platform::id::new_id;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,10 +69,6 @@ fn backoff(attempts: i64, max: Duration) -> Duration {
         .map(|b| f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))
         .unwrap_or(0.5);
     base.mul_f64(1.0 + 0.2 * jitter)
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 impl Messaging {

@@ -24,6 +24,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// A duration in whole milliseconds, saturating (for adding to stored `*_ms` times).
+pub fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,3 +72,27 @@ impl OutboxEvent {
         }
     }
 }
+
+/// What a domain calls after it wrote outbox events, so that this node's webhook worker wakes
+/// at once instead of at its next poll. Set once at start-up; calling it unset does nothing.
+#[derive(Default)]
+pub struct EventHook(std::sync::RwLock<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>);
+
+impl std::fmt::Debug for EventHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventHook")
+    }
+}
+
+impl EventHook {
+    pub fn set(&self, hook: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    pub fn fire(&self) {
+        let hook = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            h();
+        }
+    }
+}

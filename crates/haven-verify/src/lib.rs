@@ -24,8 +24,8 @@ use haven_channel::ChannelKind;
 use haven_identity::{FieldError, IdentityError, Principal, RequestMeta, Right, Scope};
 use haven_messaging::{Messaging, MessagingError, SendRequest};
 use haven_platform::audit::{AuditAction, AuditEvent, AuditSink, Outcome};
-use haven_platform::clock::now_ms;
-use haven_platform::events::OutboxEvent;
+use haven_platform::clock::{duration_ms as ms, now_ms};
+use haven_platform::events::{EventHook, OutboxEvent};
 use haven_platform::id::new_id;
 use haven_platform::store::StoreError;
 use haven_vault::{FieldRef, Vault};
@@ -171,12 +171,6 @@ pub struct Verification {
     pub final_at_ms: Option<i64>,
 }
 
-/// The result of a check.
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    pub verification: Verification,
-}
-
 pub struct Verifier {
     store: Arc<dyn VerifyStore>,
     messaging: Arc<Messaging>,
@@ -184,17 +178,13 @@ pub struct Verifier {
     audit: Arc<dyn AuditSink>,
     settings: VerifySettings,
     wake: Notify,
-    event_hook: std::sync::RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
+    event_hook: EventHook,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Verifier")
     }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 fn field<'a>(account_id: &'a str, id: &'a str) -> FieldRef<'a> {
@@ -228,24 +218,6 @@ fn event(event_type: &'static str, row: &VerificationRow, extra: serde_json::Val
     OutboxEvent::new(event_type, &row.account_id, data)
 }
 
-fn reason_of(e: &MessagingError) -> &'static str {
-    match e {
-        MessagingError::OptedOut => "recipient_opted_out",
-        MessagingError::SenderNotRegistered => "sender_not_registered",
-        MessagingError::ChannelUnavailable(_) => "channel_unavailable",
-        MessagingError::LinkNotAllowed(_) => "link_not_allowed",
-        _ => "not_sent",
-    }
-}
-
-/// Errors no retry of the same step can mend: the step is skipped.
-fn permanent(e: &MessagingError) -> bool {
-    !matches!(
-        e,
-        MessagingError::Store(_) | MessagingError::Vault(_) | MessagingError::Contacts(_)
-    )
-}
-
 fn domain_ok(d: &str) -> bool {
     d.len() <= 253
         && d.split('.').count() >= 2
@@ -271,23 +243,16 @@ impl Verifier {
             audit,
             settings,
             wake: Notify::new(),
-            event_hook: std::sync::RwLock::new(None),
+            event_hook: EventHook::default(),
         })
     }
 
     pub fn on_events(&self, hook: Arc<dyn Fn() + Send + Sync>) {
-        *self.event_hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        self.event_hook.set(hook);
     }
 
     fn events_written(&self) {
-        let hook = self
-            .event_hook
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(h) = hook {
-            h();
-        }
+        self.event_hook.fire();
     }
 
     async fn audit(
@@ -887,11 +852,11 @@ impl Verifier {
                     self.sent(row, steps, workflow.len(), i, events);
                     return Ok(());
                 }
-                Err(e) if permanent(&e) => {
-                    tracing::info!(verification_id = %row.id, step = i, reason = reason_of(&e), "verify step skipped");
+                Err(e) if !e.is_transient() => {
+                    tracing::info!(verification_id = %row.id, step = i, reason = e.reason(), "verify step skipped");
                     if let Some(s) = steps.get_mut(i) {
                         s.status = "skipped".into();
-                        s.reason = Some(reason_of(&e).into());
+                        s.reason = Some(e.reason().into());
                     }
                     last_err = Some(e);
                 }
