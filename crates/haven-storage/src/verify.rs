@@ -6,12 +6,13 @@ use haven_platform::page::PageRequest;
 use haven_platform::store::StoreResult;
 use haven_verify::factors::{FactorRow, FactorStore};
 use haven_verify::store::{
-    Attempt, BlockedPrefix, Velocity, VerificationRow, VerifyStepRow, VerifyStore,
+    Attempt, BlockedPrefix, NewVerification, Progress, Velocity, VerificationRow, VerifyStepRow,
+    VerifyStore,
 };
 use sqlx::Row;
 
 macro_rules! impl_verify_store {
-    ($store:ty, $row:ty, $claim:expr) => {
+    ($store:ty, $db:ty, $row:ty, $claim:expr) => {
         impl $store {
             fn verification_row(r: &$row) -> StoreResult<VerificationRow> {
                 Ok(VerificationRow {
@@ -59,8 +60,130 @@ macro_rules! impl_verify_store {
             }
         }
 
+        impl $store {
+            async fn insert_one(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                v: &VerificationRow,
+                steps: &[VerifyStepRow],
+                superseded_event: &(dyn Fn(&str) -> OutboxEvent + Send + Sync),
+            ) -> StoreResult<Vec<String>> {
+                let old = sqlx::query(sql::SUPERSEDE_VERIFICATIONS)
+                    .bind(v.created_at_ms)
+                    .bind(&v.account_id)
+                    .bind(&v.recipient_bidx)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(backend)?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("id").map_err(backend))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                sqlx::query(sql::INSERT_VERIFICATION)
+                    .bind(&v.id)
+                    .bind(&v.account_id)
+                    .bind(&v.status)
+                    .bind(&v.brand)
+                    .bind(&v.locale)
+                    .bind(v.code_length)
+                    .bind(&v.app_domain)
+                    .bind(&v.workflow_ct)
+                    .bind(&v.contact_id)
+                    .bind(&v.recipient_bidx)
+                    .bind(v.step_count)
+                    .bind(v.current_step)
+                    .bind(&v.code_hash)
+                    .bind(v.attempts)
+                    .bind(v.max_attempts)
+                    .bind(v.expiry_ms)
+                    .bind(v.channel_timeout_ms)
+                    .bind(v.next_step_at_ms)
+                    .bind(v.expires_at_ms)
+                    .bind(v.wake_at_ms)
+                    .bind(&v.created_by)
+                    .bind(v.created_at_ms)
+                    .bind(v.updated_at_ms)
+                    .bind(v.final_at_ms)
+                    .bind(&v.dest_prefix)
+                    .bind(&v.client_ip_bidx)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+                for s in steps {
+                    sqlx::query(sql::INSERT_VERIFICATION_STEP)
+                        .bind(&s.verification_id)
+                        .bind(s.step_index)
+                        .bind(&s.channel)
+                        .bind(&s.message_id)
+                        .bind(&s.status)
+                        .bind(&s.reason)
+                        .bind(s.sent_at_ms)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                let events: Vec<OutboxEvent> = old.iter().map(|id| superseded_event(id)).collect();
+                Self::push_events(tx, &events).await?;
+                Ok(old)
+            }
+
+            async fn save_one(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                v: &VerificationRow,
+                steps: &[VerifyStepRow],
+                events: &[OutboxEvent],
+                lease_until_ms: i64,
+            ) -> StoreResult<bool> {
+                let done = sqlx::query(sql::SAVE_VERIFICATION)
+                    .bind(&v.status)
+                    .bind(v.current_step)
+                    .bind(&v.code_hash)
+                    .bind(v.next_step_at_ms)
+                    .bind(v.expires_at_ms)
+                    .bind(v.wake_at_ms)
+                    .bind(lease_until_ms)
+                    .bind(haven_platform::clock::now_ms())
+                    .bind(v.final_at_ms)
+                    .bind(&v.id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                for s in steps {
+                    sqlx::query(sql::UPDATE_VERIFICATION_STEP)
+                        .bind(&s.status)
+                        .bind(&s.reason)
+                        .bind(s.sent_at_ms)
+                        .bind(&s.verification_id)
+                        .bind(s.step_index)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                Self::push_events(tx, events).await?;
+                Ok(true)
+            }
+        }
+
         #[async_trait::async_trait]
         impl VerifyStore for $store {
+            async fn insert_verifications(&self, items: &[NewVerification]) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                for it in items {
+                    Self::insert_one(&mut tx, &it.row, &it.steps, it.superseded_event.as_ref())
+                        .await?;
+                }
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn save_progress(&self, items: &[Progress]) -> StoreResult<()> {
+                let mut tx = self.w().begin().await.map_err(backend)?;
+                for it in items {
+                    Self::save_one(&mut tx, &it.row, &it.steps, &it.events, 0).await?;
+                }
+                tx.commit().await.map_err(backend)
+            }
+
             async fn get_verify_policy(&self, account_id: &str) -> StoreResult<Option<String>> {
                 let row = sqlx::query(sql::GET_VERIFY_POLICY)
                     .bind(account_id)
@@ -198,72 +321,6 @@ macro_rules! impl_verify_store {
                 Ok(true)
             }
 
-            async fn insert_verification(
-                &self,
-                v: &VerificationRow,
-                steps: &[VerifyStepRow],
-                superseded_event: &(dyn for<'a> Fn(&'a str) -> OutboxEvent + Send + Sync),
-            ) -> StoreResult<Vec<String>> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
-                let old = sqlx::query(sql::SUPERSEDE_VERIFICATIONS)
-                    .bind(v.created_at_ms)
-                    .bind(&v.account_id)
-                    .bind(&v.recipient_bidx)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(backend)?
-                    .iter()
-                    .map(|r| r.try_get::<String, _>("id").map_err(backend))
-                    .collect::<StoreResult<Vec<_>>>()?;
-                sqlx::query(sql::INSERT_VERIFICATION)
-                    .bind(&v.id)
-                    .bind(&v.account_id)
-                    .bind(&v.status)
-                    .bind(&v.brand)
-                    .bind(&v.locale)
-                    .bind(v.code_length)
-                    .bind(&v.app_domain)
-                    .bind(&v.workflow_ct)
-                    .bind(&v.contact_id)
-                    .bind(&v.recipient_bidx)
-                    .bind(v.step_count)
-                    .bind(v.current_step)
-                    .bind(&v.code_hash)
-                    .bind(v.attempts)
-                    .bind(v.max_attempts)
-                    .bind(v.expiry_ms)
-                    .bind(v.channel_timeout_ms)
-                    .bind(v.next_step_at_ms)
-                    .bind(v.expires_at_ms)
-                    .bind(v.wake_at_ms)
-                    .bind(&v.created_by)
-                    .bind(v.created_at_ms)
-                    .bind(v.updated_at_ms)
-                    .bind(v.final_at_ms)
-                    .bind(&v.dest_prefix)
-                    .bind(&v.client_ip_bidx)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                for s in steps {
-                    sqlx::query(sql::INSERT_VERIFICATION_STEP)
-                        .bind(&s.verification_id)
-                        .bind(s.step_index)
-                        .bind(&s.channel)
-                        .bind(&s.message_id)
-                        .bind(&s.status)
-                        .bind(&s.reason)
-                        .bind(s.sent_at_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                }
-                let events: Vec<OutboxEvent> = old.iter().map(|id| superseded_event(id)).collect();
-                Self::push_events(&mut tx, &events).await?;
-                tx.commit().await.map_err(backend)?;
-                Ok(old)
-            }
-
             async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationRow>> {
                 let row = sqlx::query(sql::GET_VERIFICATION)
                     .bind(id)
@@ -350,35 +407,9 @@ macro_rules! impl_verify_store {
                 lease_until_ms: i64,
             ) -> StoreResult<bool> {
                 let mut tx = self.w().begin().await.map_err(backend)?;
-                let done = sqlx::query(sql::SAVE_VERIFICATION)
-                    .bind(&v.status)
-                    .bind(v.current_step)
-                    .bind(&v.code_hash)
-                    .bind(v.next_step_at_ms)
-                    .bind(v.expires_at_ms)
-                    .bind(v.wake_at_ms)
-                    .bind(lease_until_ms)
-                    .bind(haven_platform::clock::now_ms())
-                    .bind(v.final_at_ms)
-                    .bind(&v.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                if done.rows_affected() == 0 {
+                if !Self::save_one(&mut tx, v, steps, events, lease_until_ms).await? {
                     return Ok(false);
                 }
-                for s in steps {
-                    sqlx::query(sql::UPDATE_VERIFICATION_STEP)
-                        .bind(&s.status)
-                        .bind(&s.reason)
-                        .bind(s.sent_at_ms)
-                        .bind(&s.verification_id)
-                        .bind(s.step_index)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                }
-                Self::push_events(&mut tx, events).await?;
                 tx.commit().await.map_err(backend)?;
                 Ok(true)
             }
@@ -430,10 +461,16 @@ macro_rules! impl_verify_store {
 
 impl_verify_store!(
     SqliteStore,
+    sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     sql::CLAIM_VERIFICATIONS_SQLITE
 );
-impl_verify_store!(PgStore, sqlx::postgres::PgRow, sql::CLAIM_VERIFICATIONS_PG);
+impl_verify_store!(
+    PgStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    sql::CLAIM_VERIFICATIONS_PG
+);
 
 macro_rules! impl_factor_store {
     ($store:ty, $row:ty) => {

@@ -22,6 +22,7 @@ pub mod texts;
 pub use guard::VerifyPolicy;
 use haven_channel::ChannelKind;
 use haven_identity::{FieldError, IdentityError, Principal, RequestMeta, Right, Scope};
+use haven_messaging::batch::Batcher;
 use haven_messaging::{Messaging, MessagingError, SendRequest};
 use haven_platform::audit::{AuditAction, AuditEvent, AuditSink, Outcome};
 use haven_platform::clock::{duration_ms as ms, now_ms};
@@ -172,6 +173,10 @@ pub struct Verification {
 }
 
 pub struct Verifier {
+    /// Group commit of new verifications and of their first step's outcome: one transaction
+    /// per batch of concurrent starts.
+    inserter: Batcher<store::NewVerification>,
+    finisher: Batcher<store::Progress>,
     store: Arc<dyn VerifyStore>,
     messaging: Arc<Messaging>,
     vault: Arc<Vault>,
@@ -236,7 +241,19 @@ impl Verifier {
         audit: Arc<dyn AuditSink>,
         settings: VerifySettings,
     ) -> Arc<Self> {
+        let s = Arc::clone(&store);
+        let inserter = Batcher::spawn(256, move |items: Vec<store::NewVerification>| {
+            let s = Arc::clone(&s);
+            async move { s.insert_verifications(&items).await }
+        });
+        let s = Arc::clone(&store);
+        let finisher = Batcher::spawn(256, move |items: Vec<store::Progress>| {
+            let s = Arc::clone(&s);
+            async move { s.save_progress(&items).await }
+        });
         Arc::new(Self {
+            inserter,
+            finisher,
             store,
             messaging,
             vault,
@@ -752,19 +769,20 @@ impl Verifier {
         // The row is stored with its first code's hash, leased to this request until that
         // code is out.
         let first_code = self.stage_code(&mut row, &mut steps, 0).await?;
-        let superseded = self
-            .store
-            .insert_verification(&row, &steps, &|old| {
-                OutboxEvent::new(
-                    "verify.superseded",
-                    &p.account_id,
-                    json!({ "verification_id": old, "status": "superseded", "by": id }),
-                )
+        let (account, by) = (p.account_id.clone(), id.clone());
+        self.inserter
+            .submit(store::NewVerification {
+                row: row.clone(),
+                steps: steps.clone(),
+                superseded_event: Box::new(move |old| {
+                    OutboxEvent::new(
+                        "verify.superseded",
+                        &account,
+                        json!({ "verification_id": old, "status": "superseded", "by": by }),
+                    )
+                }),
             })
             .await?;
-        if !superseded.is_empty() {
-            self.events_written();
-        }
         let mut events = Vec::new();
         let sent = self
             .send_from(
@@ -776,8 +794,12 @@ impl Verifier {
                 &mut events,
             )
             .await;
-        self.store
-            .save_verification(&row, &steps, &events, 0)
+        self.finisher
+            .submit(store::Progress {
+                row: row.clone(),
+                steps: steps.clone(),
+                events,
+            })
             .await?;
         self.events_written();
         self.wake.notify_one();

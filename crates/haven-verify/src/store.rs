@@ -85,8 +85,31 @@ pub enum Velocity<'a> {
     ClientIp(&'a [u8]),
 }
 
+/// A new verification for the group-commit writer: the row, its steps, and the event each
+/// verification it supersedes causes.
+pub struct NewVerification {
+    pub row: VerificationRow,
+    pub steps: Vec<VerifyStepRow>,
+    pub superseded_event: Box<dyn Fn(&str) -> OutboxEvent + Send + Sync>,
+}
+
+/// A leaseholder's progress for the group-commit writer (applied only while pending).
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub row: VerificationRow,
+    pub steps: Vec<VerifyStepRow>,
+    pub events: Vec<OutboxEvent>,
+}
+
 #[async_trait::async_trait]
 pub trait VerifyStore: Send + Sync {
+    /// Inserts new verifications (each leased until its `wake_at_ms`) and their steps in one
+    /// transaction; pending verifications to the same recipient of the account become
+    /// `superseded` (their codes stop working), with their events.
+    async fn insert_verifications(&self, items: &[NewVerification]) -> StoreResult<()>;
+    /// Saves the progress of several verifications in one transaction, releasing their
+    /// leases; each applies only while its verification is pending.
+    async fn save_progress(&self, items: &[Progress]) -> StoreResult<()>;
     async fn get_verify_policy(&self, account_id: &str) -> StoreResult<Option<String>>;
     async fn put_verify_policy(
         &self,
@@ -127,15 +150,6 @@ pub trait VerifyStore: Send + Sync {
         event: &OutboxEvent,
     ) -> StoreResult<bool>;
 
-    /// Inserts a verification (leased until its `wake_at_ms`) and its steps; pending
-    /// verifications to the same recipient of
-    /// the account become `superseded` (their codes stop working) with their events.
-    async fn insert_verification(
-        &self,
-        row: &VerificationRow,
-        steps: &[VerifyStepRow],
-        superseded_event: &(dyn for<'a> Fn(&'a str) -> OutboxEvent + Send + Sync),
-    ) -> StoreResult<Vec<String>>;
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationRow>>;
     async fn verification_steps(&self, id: &str) -> StoreResult<Vec<VerifyStepRow>>;
     /// Verifications the account started to this recipient since then.
