@@ -217,6 +217,9 @@ macro_rules! impl_verify_store {
                 since_ms: i64,
             ) -> StoreResult<i64> {
                 let q = match by {
+                    Velocity::Recipient(r) => sqlx::query(sql::COUNT_RECENT_VERIFICATIONS)
+                        .bind(account_id)
+                        .bind(r.to_vec()),
                     Velocity::Prefix(p) => sqlx::query(sql::COUNT_PREFIX_VELOCITY)
                         .bind(account_id)
                         .bind(p.to_owned()),
@@ -349,22 +352,6 @@ macro_rules! impl_verify_store {
                         })
                     })
                     .collect()
-            }
-
-            async fn count_recent(
-                &self,
-                account_id: &str,
-                recipient_bidx: &[u8],
-                since_ms: i64,
-            ) -> StoreResult<i64> {
-                let row = sqlx::query(sql::COUNT_RECENT_VERIFICATIONS)
-                    .bind(account_id)
-                    .bind(recipient_bidx)
-                    .bind(since_ms)
-                    .fetch_one(self.r())
-                    .await
-                    .map_err(backend)?;
-                row.try_get("n").map_err(backend)
             }
 
             async fn claim_verifications(

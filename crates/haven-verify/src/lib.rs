@@ -695,9 +695,9 @@ impl Verifier {
         let now = now_ms();
         let recent = self
             .store
-            .count_recent(
+            .count_velocity(
                 &p.account_id,
-                &recipient_bidx,
+                Velocity::Recipient(&recipient_bidx),
                 now - ms(self.settings.recipient_window),
             )
             .await?;

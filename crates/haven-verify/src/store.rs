@@ -81,6 +81,8 @@ pub struct BlockedPrefix {
 /// Which verifications a velocity count covers.
 #[derive(Debug, Clone, Copy)]
 pub enum Velocity<'a> {
+    /// To one recipient (the blind index of the first channel's address).
+    Recipient(&'a [u8]),
     Prefix(&'a str),
     ClientIp(&'a [u8]),
 }
@@ -117,7 +119,8 @@ pub trait VerifyStore: Send + Sync {
         policy: &str,
         at_ms: i64,
     ) -> StoreResult<()>;
-    /// Verifications the account started since then, to a prefix or from an end user's IP.
+    /// Verifications the account started since then, to a recipient or a prefix, or from an
+    /// end user's IP.
     async fn count_velocity(
         &self,
         account_id: &str,
@@ -152,13 +155,6 @@ pub trait VerifyStore: Send + Sync {
 
     async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationRow>>;
     async fn verification_steps(&self, id: &str) -> StoreResult<Vec<VerifyStepRow>>;
-    /// Verifications the account started to this recipient since then.
-    async fn count_recent(
-        &self,
-        account_id: &str,
-        recipient_bidx: &[u8],
-        since_ms: i64,
-    ) -> StoreResult<i64>;
     /// Leases up to `limit` pending verifications that are due.
     async fn claim_verifications(
         &self,
