@@ -52,6 +52,7 @@ pub struct AppState {
     pub dispatch: Arc<haven_dispatch::Dispatcher>,
     pub verify: Arc<haven_verify::Verifier>,
     pub factors: Arc<haven_verify::factors::Factors>,
+    pub reports: Arc<haven_reports::Reports>,
     pub audit: Arc<haven_audit::AuditLog>,
     /// The operator's account, made at bootstrap.
     pub root_account_id: String,
@@ -81,6 +82,7 @@ pub struct AppState {
         (name = "senders", description = "Numbers, sender ids and addresses an account sends from"),
         (name = "templates", description = "Message templates with an approval state"),
         (name = "verify", description = "One-time codes over SMS and email with fail-over between channels"),
+        (name = "reports", description = "The usage ledger: one record per message a carrier took, priced from the operator's rate card"),
         (name = "dispatch", description = "Workflows that fail a message over from channel to channel until the patient confirms"),
         (name = "webhooks", description = "Signed webhooks (Standard Webhooks) with a durable outbox, retries and replay"),
         (name = "audit", description = "The tamper-evident audit log (RFC 6962 Merkle tree)"),
@@ -107,8 +109,8 @@ impl Modify for SecuritySchemes {
 /// Every route with its documentation; the two cannot drift apart.
 fn api() -> OpenApiRouter<Arc<AppState>> {
     use routes::{
-        accounts, audit, contacts, dispatch, factors, keys, messages, oauth, system, templates,
-        verify, webhooks,
+        accounts, audit, contacts, dispatch, factors, keys, messages, oauth, reports, system,
+        templates, verify, webhooks,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create_account, accounts::list_accounts))
@@ -156,6 +158,8 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(factors::confirm_factor))
         .routes(routes!(factors::check_factor))
         .routes(routes!(factors::recover_factor))
+        .routes(routes!(reports::list_usage))
+        .routes(routes!(reports::usage_summary))
         .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
         .routes(routes!(
             webhooks::get_endpoint,

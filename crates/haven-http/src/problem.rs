@@ -7,6 +7,7 @@ use haven_contacts::ContactsError;
 use haven_dispatch::DispatchError;
 use haven_identity::{FieldError, IdentityError};
 use haven_messaging::MessagingError;
+use haven_reports::ReportsError;
 use haven_vault::VaultError;
 use haven_verify::VerifyError;
 use haven_webhooks::WebhooksError;
@@ -430,6 +431,20 @@ impl From<DispatchError> for Problem {
             DispatchError::Identity(e) => e.into(),
             DispatchError::Vault(e) => e.into(),
             DispatchError::Store(e) => Problem::internal(&e),
+        }
+    }
+}
+
+impl From<ReportsError> for Problem {
+    fn from(e: ReportsError) -> Self {
+        match e {
+            ReportsError::Invalid(errors) => Problem::new(
+                ProblemType::ValidationFailed,
+                "One or more query parameters are invalid.",
+            )
+            .with_errors(field_problems(errors)),
+            ReportsError::Identity(e) => e.into(),
+            ReportsError::Store(e) => Problem::internal(&e),
         }
     }
 }

@@ -122,7 +122,13 @@ impl Identity {
 
     /// Loads an account the caller may see; anything else is "not found", so that existence
     /// does not leak across tenants.
-    async fn visible_account(&self, p: &Principal, account_id: &str) -> IdentityResult<Account> {
+    /// `account_id` if the caller may see it (its own, or a direct subaccount), else
+    /// `NotFound`; for other APIs that act on a subaccount's behalf and check their own scope.
+    pub async fn visible_account(
+        &self,
+        p: &Principal,
+        account_id: &str,
+    ) -> IdentityResult<Account> {
         if !is_id(ACCOUNT_PREFIX, account_id) {
             return Err(IdentityError::NotFound);
         }

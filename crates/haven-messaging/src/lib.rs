@@ -130,6 +130,8 @@ pub struct MessagingSettings {
     pub poll: Duration,
     /// Inbound keywords (STOP, START, HELP) and their answers.
     pub keywords: KeywordSettings,
+    /// The operator's rate card, which prices each usage record.
+    pub rates: haven_platform::usage::UsageConfig,
 }
 
 impl Default for MessagingSettings {
@@ -143,6 +145,7 @@ impl Default for MessagingSettings {
             retry_max: Duration::from_secs(60),
             poll: Duration::from_millis(500),
             keywords: KeywordSettings::default(),
+            rates: haven_platform::usage::UsageConfig::default(),
         }
     }
 }

@@ -7,7 +7,8 @@ use haven_channel::{
     ChannelEvent, ChannelKind, InboundSink, Outbound, ReceiptState, SendError, SinkError,
 };
 use haven_platform::clock::{duration_ms as ms, now_ms};
-use haven_platform::id::new_id;
+use haven_platform::id::{new_id, new_id_at};
+use haven_platform::usage::{self, UsageRecord};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -206,6 +207,10 @@ impl Messaging {
                 );
             }
         };
+        let country = match kind {
+            ChannelKind::Sms => country_of(&out.to),
+            ChannelKind::Email => None,
+        };
         // Stay well inside the lease, so no other node starts the same send.
         let limit = self.settings.lease.mul_f64(0.8);
         let started = std::time::Instant::now();
@@ -222,6 +227,8 @@ impl Messaging {
             Ok(s) => {
                 metrics::counter!("haven_messages_submitted_total", "channel" => kind.as_str())
                     .increment(1);
+                let at_ms = now_ms();
+                let usage = self.usage_record(&row, kind, country, s.provider_ids.len(), at_ms);
                 Outcome::Submitted {
                     event: message_event(
                         "message.submitted",
@@ -234,8 +241,9 @@ impl Messaging {
                     message_id: row.id.clone(),
                     route: s.route,
                     provider_ids: s.provider_ids,
-                    at_ms: now_ms(),
+                    at_ms,
                     content_ct: redacted,
+                    usage,
                 }
             }
             Err(SendError::Rejected { code, reason }) => {
@@ -258,6 +266,41 @@ impl Messaging {
                 self.retry_outcome(&row, reason, retry_after)
             }
         }
+    }
+
+    /// What one send is billed as: SMS by the segments the carrier took, email by message,
+    /// priced from the rate card in force now.
+    fn usage_record(
+        &self,
+        row: &MessageRow,
+        kind: ChannelKind,
+        country: Option<String>,
+        parts: usize,
+        at_ms: i64,
+    ) -> Box<UsageRecord> {
+        let (units, unit) = match kind {
+            ChannelKind::Sms => (
+                i64::try_from(parts.max(1)).unwrap_or(i64::MAX),
+                "sms_segment",
+            ),
+            ChannelKind::Email => (1, "email"),
+        };
+        let rates = &self.settings.rates;
+        let unit_price_micros = rates.unit_price(kind.as_str(), country.as_deref());
+        Box::new(UsageRecord {
+            id: new_id_at("usg", at_ms),
+            account_id: row.account_id.clone(),
+            product: usage::product_of(row.workflow_id.as_deref()).to_owned(),
+            channel: kind.as_str().to_owned(),
+            resource_id: row.id.clone(),
+            reference_id: row.workflow_id.clone(),
+            country,
+            units,
+            unit: unit.to_owned(),
+            currency: unit_price_micros.and(rates.currency.clone()),
+            unit_price_micros,
+            created_at_ms: at_ms,
+        })
     }
 
     /// This node's sending loop: leases due messages and sends them, at most `concurrency` at
@@ -434,6 +477,14 @@ impl Messaging {
 }
 
 /// A carrier's number as E.164: digits get their `+`; alphanumeric ids stay as they are.
+/// The region of an E.164 number (ISO 3166-1 alpha-2), by libphonenumber's metadata.
+fn country_of(e164: &str) -> Option<String> {
+    phonenumber::parse(None, e164)
+        .ok()
+        .and_then(|n| n.country().id())
+        .map(|id| id.as_ref().to_owned())
+}
+
 fn e164(raw: &str) -> String {
     let t = raw.trim();
     if !t.starts_with('+') && !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
@@ -534,6 +585,14 @@ mod tests {
         let mut t = target(&[("delivered", None)]);
         t.status = "delivered".into();
         assert!(decide(&t, 0).is_none());
+    }
+
+    #[test]
+    fn destinations_have_their_country() {
+        assert_eq!(country_of("+14155550100").as_deref(), Some("US"));
+        assert_eq!(country_of("+447400123456").as_deref(), Some("GB"));
+        assert_eq!(country_of("+4915123456789").as_deref(), Some("DE"));
+        assert_eq!(country_of("not a number"), None);
     }
 
     #[test]

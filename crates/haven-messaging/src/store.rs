@@ -4,6 +4,7 @@
 use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
 use haven_platform::store::StoreResult;
+use haven_platform::usage::UsageRecord;
 
 /// A registered sender: a number or an alphanumeric id (SMS), an address (email). Senders are
 /// the organisation's own identifiers, not PHI; they are stored in clear so that inbound
@@ -98,6 +99,8 @@ pub enum Outcome {
         event: OutboxEvent,
         /// The content to keep from now on (a one-time secret masked), if it changes.
         content_ct: Option<Vec<u8>>,
+        /// What the send is billed as; stored with the change to `submitted`, once.
+        usage: Box<UsageRecord>,
     },
     /// Not sent; try again at `next_attempt_at_ms`.
     Retry {

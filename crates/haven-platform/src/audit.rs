@@ -60,6 +60,7 @@ pub enum AuditAction {
     VerifyFactorDeleted,
     VerifyPolicyChanged,
     VerifyPrefixUnblocked,
+    UsageRead,
 }
 
 impl AuditAction {
@@ -116,6 +117,7 @@ impl AuditAction {
             Self::VerifyFactorDeleted => "verify_factor.deleted",
             Self::VerifyPolicyChanged => "verify_policy.changed",
             Self::VerifyPrefixUnblocked => "verify.prefix_unblocked",
+            Self::UsageRead => "usage.read",
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub verify: VerifyConfig,
     pub sms: SmsConfig,
     pub email: EmailConfig,
+    /// The rate card that prices usage records.
+    pub usage: crate::usage::UsageConfig,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             verify: VerifyConfig::default(),
             sms: SmsConfig::default(),
             email: EmailConfig::default(),
+            usage: crate::usage::UsageConfig::default(),
         }
     }
 }
@@ -584,6 +587,7 @@ const SECTIONS: &[&str] = &[
     "verify",
     "sms",
     "email",
+    "usage",
 ];
 
 /// Options that hold secrets: `HAVEN_<PATH>_FILE` reads them from a file.
@@ -806,6 +810,9 @@ impl Config {
             ));
         }
         self.validate_channels(&mut p);
+        for (path, message) in self.usage.problems() {
+            p.push(problem(&path, message));
+        }
         if self.log.level.trim().is_empty() {
             p.push(problem("log.level", "must not be empty"));
         }
@@ -1135,6 +1142,7 @@ fn check_shape(root: &toml::Table, problems: &mut Vec<ConfigProblem>) {
             "verify" => check_section::<VerifyConfig>(key, value, problems, &[]),
             "sms" => check_section::<SmsConfig>(key, value, problems, &[]),
             "email" => check_section::<EmailConfig>(key, value, problems, &[]),
+            "usage" => check_section::<crate::usage::UsageConfig>(key, value, problems, &[]),
             "data_dir" => {
                 if let Err(e) = toml::Value::Table(one).try_into::<Config>() {
                     problems.push(problem(key, clean(&e.to_string())));

@@ -10,15 +10,30 @@ pub const BODY_LEN: usize = 26;
 
 /// A new id with the given prefix, e.g. `new_id("acc")` → `acc_01jd…`.
 pub fn new_id(prefix: &str) -> String {
+    new_id_at(prefix, crate::clock::now_ms())
+}
+
+/// A new id whose time part is `ms`, for a record whose id must sort by its own timestamp.
+pub fn new_id_at(prefix: &str, ms: i64) -> String {
     let mut raw = [0u8; 16];
-    let ms = crate::clock::now_ms().max(0) as u64;
-    raw[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     // The system CSPRNG failing is unrecoverable for a security product; fall back to zeros would
     // create guessable ids, so abort loudly instead.
     #[allow(clippy::expect_used)]
     SystemRandom::new()
         .fill(&mut raw[6..])
         .expect("system random number generator failed");
+    encode(prefix, ms, raw)
+}
+
+/// The smallest id with this prefix made at or after `ms`: a time range as an id range.
+pub fn id_floor(prefix: &str, ms: i64) -> String {
+    encode(prefix, ms, [0u8; 16])
+}
+
+fn encode(prefix: &str, ms: i64, mut raw: [u8; 16]) -> String {
+    // 48 bits of milliseconds reach the year 10889.
+    let ms = u64::try_from(ms.max(0)).unwrap_or(0).min((1 << 48) - 1);
+    raw[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     let mut value = u128::from_be_bytes(raw);
     let mut body = [0u8; BODY_LEN];
     for slot in body.iter_mut().rev() {
@@ -56,5 +71,16 @@ mod tests {
         assert!(!is_valid("hk", &a));
         assert!(!is_valid("acc", "acc_' OR 1=1 --"));
         assert!(!is_valid("acc", "acc_"));
+    }
+
+    #[test]
+    fn a_time_range_is_an_id_range() {
+        let t = 1_764_000_000_000;
+        let floor = id_floor("usg", t);
+        let id = new_id_at("usg", t);
+        assert!(is_valid("usg", &floor) && is_valid("usg", &id));
+        assert!(floor <= id);
+        assert!(id < id_floor("usg", t + 1));
+        assert!(id_floor("usg", t - 1) < floor);
     }
 }

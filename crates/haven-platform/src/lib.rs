@@ -9,5 +9,6 @@ pub mod id;
 pub mod page;
 pub mod secret;
 pub mod store;
+pub mod usage;
 
 pub use secret::Secret;

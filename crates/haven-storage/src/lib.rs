@@ -7,6 +7,7 @@ mod dispatch;
 mod messages;
 mod rows;
 mod sql;
+mod usage;
 mod vault;
 mod verify;
 mod webhooks;
@@ -147,6 +148,13 @@ impl Store {
     }
 
     pub fn dispatch(&self) -> Arc<dyn haven_dispatch::DispatchStore> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.clone()),
+            Store::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    pub fn usage(&self) -> Arc<dyn haven_reports::store::UsageStore> {
         match self {
             Store::Sqlite(s) => Arc::new(s.clone()),
             Store::Postgres(p) => Arc::new(p.clone()),

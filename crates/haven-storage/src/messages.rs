@@ -448,6 +448,7 @@ macro_rules! impl_message_store {
                             at_ms,
                             event,
                             content_ct,
+                            usage,
                         } => {
                             let done = sqlx::query(sql::SUBMIT_MESSAGE)
                                 .bind(route)
@@ -477,6 +478,7 @@ macro_rules! impl_message_store {
                                     .await
                                     .map_err(backend)?;
                             }
+                            Self::push_usage(&mut tx, usage).await?;
                             events.push(event.clone());
                         }
                         Outcome::Retry {

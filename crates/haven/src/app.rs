@@ -24,6 +24,7 @@ pub struct Opened {
     pub dispatch: Arc<haven_dispatch::Dispatcher>,
     pub verify: Arc<haven_verify::Verifier>,
     pub factors: Arc<haven_verify::factors::Factors>,
+    pub reports: Arc<haven_reports::Reports>,
     pub identity: Arc<Identity>,
     pub audit_log: Arc<haven_audit::AuditLog>,
     pub audit: BufferedAudit,
@@ -227,6 +228,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
                 }
                 k
             },
+            rates: config.usage.clone(),
             ..Default::default()
         },
     );
@@ -279,6 +281,11 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
             lockout: std::time::Duration::from_secs(config.verify.factor_lockout_seconds),
         },
     ));
+    let reports = haven_reports::Reports::new(
+        store.usage(),
+        Arc::clone(&identity),
+        Arc::new(audit.clone()),
+    );
     Ok(Opened {
         store,
         master,
@@ -289,6 +296,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
         dispatch,
         verify,
         factors,
+        reports,
         identity,
         audit_log,
         audit,
@@ -300,6 +308,7 @@ pub async fn prepare(config: &Config, public_url: String) -> Result<Opened, AnyE
 impl Opened {
     pub async fn close(self) {
         self.audit.flush().await;
+        drop(self.reports);
         drop(self.factors);
         drop(self.verify);
         drop(self.dispatch);

@@ -103,6 +103,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         dispatch: Arc::clone(&opened.dispatch),
         verify: Arc::clone(&opened.verify),
         factors: Arc::clone(&opened.factors),
+        reports: Arc::clone(&opened.reports),
         audit: Arc::clone(&opened.audit_log),
         root_account_id: opened
             .identity

@@ -6,6 +6,7 @@ pub mod factors;
 pub mod keys;
 pub mod messages;
 pub mod oauth;
+pub mod reports;
 pub mod system;
 pub mod templates;
 pub mod verify;

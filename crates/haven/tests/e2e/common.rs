@@ -436,6 +436,7 @@ pub const ALL_SCOPES: &[&str] = &[
     "messages:admin",
     "templates:admin",
     "dispatch:admin",
+    "reports:admin",
 ];
 
 /// The Python interpreter of the test venv, where the third-party clients live.

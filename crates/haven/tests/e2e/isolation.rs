@@ -85,6 +85,14 @@ async fn subaccounts_cannot_see_each_other(backend: Backend) {
         // The master, A's parent, is not A's to see either.
         (Method::GET, format!("/v1/accounts/{master}"), None),
         (Method::GET, format!("/v1/accounts/{master}/keys"), None),
+        // Usage of a sibling or of the parent.
+        (Method::GET, format!("/v1/usage?account_id={b}"), None),
+        (
+            Method::GET,
+            format!("/v1/usage/summary?account_id={b}"),
+            None,
+        ),
+        (Method::GET, format!("/v1/usage?account_id={master}"), None),
         (
             Method::GET,
             format!("/v1/accounts/{master}/keys/{}", s.admin.key_id),

@@ -14,6 +14,7 @@ mod messages;
 mod oauth;
 mod peers;
 mod surface;
+mod usage;
 mod verify;
 mod webhooks;
 mod workflows;

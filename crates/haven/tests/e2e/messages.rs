@@ -493,6 +493,32 @@ async fn every_accepted_sms_arrives_through_crashes_and_outages(backend: Backend
         assert!(Instant::now() < deadline, "messages left queued: {list}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Each message is billed exactly once, however often it was submitted.
+    let billed = crate::usage::all_usage(&s, "").await;
+    let billed_ids: Vec<String> = billed
+        .iter()
+        .map(|u| u["resource_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let distinct: BTreeSet<&String> = billed_ids.iter().collect();
+    assert_eq!(distinct.len(), billed_ids.len(), "a message billed twice");
+    let accepted_msgs: BTreeSet<String> = accepted_ids
+        .lock()
+        .map(|a| a.keys().cloned().collect())
+        .unwrap_or_default();
+    let billed_set: BTreeSet<String> = distinct.into_iter().cloned().collect();
+    let unbilled: Vec<&String> = accepted_msgs.difference(&billed_set).collect();
+    assert!(
+        unbilled.is_empty(),
+        "accepted but never billed: {unbilled:?}"
+    );
+    // A message can be stored while its 202 is lost to the kill; billed, it was really sent.
+    for extra in billed_set.difference(&accepted_msgs) {
+        let m = get_message(&s, extra).await;
+        assert!(
+            m["status"] == "submitted" || m["status"] == "delivered",
+            "billed but not sent: {m}"
+        );
+    }
     drop(smsc);
 }
 
