@@ -3,6 +3,7 @@
 //! tests both.
 
 mod audit;
+mod bulk;
 mod dispatch;
 mod messages;
 mod rows;
@@ -277,16 +278,22 @@ macro_rules! impl_stores {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[OutboxEvent],
             ) -> StoreResult<()> {
-                for e in events {
-                    sqlx::query(sql::INSERT_EVENT)
-                        .bind(&e.id)
-                        .bind(&e.account_id)
-                        .bind(e.event_type)
-                        .bind(&e.payload)
-                        .bind(e.created_at_ms)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(backend)?;
+                for r in bulk::chunks(events.len()) {
+                    let text = format!(
+                        "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, \
+                         fanned_out) VALUES {}",
+                        bulk::values(r.len(), 5, 1, ", 0")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for e in &events[r] {
+                        q = q
+                            .bind(&e.id)
+                            .bind(&e.account_id)
+                            .bind(e.event_type)
+                            .bind(&e.payload)
+                            .bind(e.created_at_ms);
+                    }
+                    q.execute(&mut **tx).await.map_err(backend)?;
                 }
                 Ok(())
             }

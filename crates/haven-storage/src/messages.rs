@@ -1,6 +1,6 @@
 //! The messaging storage, for both backends. Message rows are the delivery queue.
 
-use crate::{PgStore, SqliteStore, backend, sql};
+use crate::{PgStore, SqliteStore, backend, bulk, sql};
 use haven_messaging::store::{
     ConsentRow, Decide, MessageFilter, MessageRow, MessageStore, Outcome, PartRow, ReceiptRow,
     ReceiptTarget, SenderRow, TemplateRow,
@@ -9,6 +9,9 @@ use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
 use haven_platform::store::StoreResult;
 use sqlx::Row;
+
+/// Part states no receipt changes any more.
+const FINAL_PART_STATES: &[&str] = &["delivered", "failed", "expired", "rejected"];
 
 macro_rules! impl_message_store {
     ($store:ty, $db:ty, $row:ty, $claim:expr, $matched:expr, $lock:expr) => {
@@ -350,43 +353,47 @@ macro_rules! impl_message_store {
                 rows: &[(MessageRow, Option<OutboxEvent>)],
             ) -> StoreResult<()> {
                 let mut tx = self.w().begin().await.map_err(backend)?;
-                let mut events = Vec::new();
-                for (m, event) in rows {
-                    sqlx::query(sql::INSERT_MESSAGE)
-                        .bind(&m.id)
-                        .bind(&m.account_id)
-                        .bind(&m.direction)
-                        .bind(&m.channel)
-                        .bind(&m.status)
-                        .bind(&m.sender_id)
-                        .bind(&m.contact_id)
-                        .bind(&m.to_ct)
-                        .bind(&m.from_ct)
-                        .bind(&m.content_ct)
-                        .bind(&m.client_ref_ct)
-                        .bind(&m.client_ref_bidx)
-                        .bind(m.want_receipt)
-                        .bind(m.parts)
-                        .bind(&m.route)
-                        .bind(&m.error_code)
-                        .bind(&m.error_reason)
-                        .bind(m.attempts)
-                        .bind(m.next_attempt_at_ms)
-                        .bind(m.expires_at_ms)
-                        .bind(&m.created_by)
-                        .bind(m.created_at_ms)
-                        .bind(m.updated_at_ms)
-                        .bind(m.submitted_at_ms)
-                        .bind(m.final_at_ms)
-                        .bind(&m.peer_bidx)
-                        .bind(&m.workflow_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    if let Some(e) = event {
-                        events.push(e.clone());
+                for r in bulk::chunks(rows.len()) {
+                    let text = format!(
+                        "INSERT INTO messages ({}) VALUES {}",
+                        sql::MESSAGE_COLS,
+                        bulk::values(r.len(), 27, 1, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for (m, _) in &rows[r] {
+                        q = q
+                            .bind(&m.id)
+                            .bind(&m.account_id)
+                            .bind(&m.direction)
+                            .bind(&m.channel)
+                            .bind(&m.status)
+                            .bind(&m.sender_id)
+                            .bind(&m.contact_id)
+                            .bind(&m.to_ct)
+                            .bind(&m.from_ct)
+                            .bind(&m.content_ct)
+                            .bind(&m.client_ref_ct)
+                            .bind(&m.client_ref_bidx)
+                            .bind(m.want_receipt)
+                            .bind(m.parts)
+                            .bind(&m.route)
+                            .bind(&m.error_code)
+                            .bind(&m.error_reason)
+                            .bind(m.attempts)
+                            .bind(m.next_attempt_at_ms)
+                            .bind(m.expires_at_ms)
+                            .bind(&m.created_by)
+                            .bind(m.created_at_ms)
+                            .bind(m.updated_at_ms)
+                            .bind(m.submitted_at_ms)
+                            .bind(m.final_at_ms)
+                            .bind(&m.peer_bidx)
+                            .bind(&m.workflow_id);
                     }
+                    q.execute(&mut *tx).await.map_err(backend)?;
                 }
+                let events: Vec<OutboxEvent> =
+                    rows.iter().filter_map(|(_, e)| e.clone()).collect();
                 Self::push_events(&mut tx, &events).await?;
                 tx.commit().await.map_err(backend)
             }
@@ -439,48 +446,10 @@ macro_rules! impl_message_store {
             async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()> {
                 let mut tx = self.w().begin().await.map_err(backend)?;
                 let mut events = Vec::new();
+                let mut submitted = Vec::new();
                 for o in outcomes {
                     match o {
-                        Outcome::Submitted {
-                            message_id,
-                            route,
-                            provider_ids,
-                            at_ms,
-                            event,
-                            content_ct,
-                            usage,
-                        } => {
-                            let done = sqlx::query(sql::SUBMIT_MESSAGE)
-                                .bind(route)
-                                .bind(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX))
-                                .bind(at_ms)
-                                .bind(content_ct)
-                                .bind(message_id)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(backend)?;
-                            if done.rows_affected() == 0 {
-                                continue;
-                            }
-                            sqlx::query(sql::DELETE_PARTS)
-                                .bind(message_id)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(backend)?;
-                            for (i, pid) in provider_ids.iter().enumerate() {
-                                sqlx::query(sql::INSERT_PART)
-                                    .bind(message_id)
-                                    .bind(i64::try_from(i).unwrap_or(i64::MAX))
-                                    .bind(route)
-                                    .bind(pid)
-                                    .bind(at_ms)
-                                    .execute(&mut *tx)
-                                    .await
-                                    .map_err(backend)?;
-                            }
-                            Self::push_usage(&mut tx, usage).await?;
-                            events.push(event.clone());
-                        }
+                        Outcome::Submitted { .. } => submitted.push(o),
                         Outcome::Retry {
                             message_id,
                             attempts,
@@ -522,23 +491,113 @@ macro_rules! impl_message_store {
                         }
                     }
                 }
+                // Sends the carrier took, set-based: the messages still `accepted` become
+                // `submitted` (the others were settled meanwhile and keep their state), and
+                // only those get their parts, their usage record and their event.
+                let mut done = std::collections::HashSet::new();
+                for r in bulk::chunks(submitted.len()) {
+                    let text = format!(
+                        "UPDATE messages SET status = 'submitted', route = v.column2, parts = v.column3, \
+                         attempts = attempts + 1, submitted_at_ms = v.column4, updated_at_ms = v.column4, \
+                         lease_until_ms = 0, error_reason = NULL, \
+                         content_ct = COALESCE(v.column5, messages.content_ct) \
+                         FROM (VALUES {}) AS v WHERE messages.id = v.column1 AND messages.status = 'accepted' \
+                         RETURNING messages.id",
+                        bulk::values(r.len(), 5, 1, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for o in &submitted[r] {
+                        if let Outcome::Submitted {
+                            message_id,
+                            route,
+                            provider_ids,
+                            at_ms,
+                            content_ct,
+                            ..
+                        } = o
+                        {
+                            q = q
+                                .bind(message_id)
+                                .bind(route)
+                                .bind(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX))
+                                .bind(at_ms)
+                                .bind(content_ct);
+                        }
+                    }
+                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
+                        done.insert(row.try_get::<String, _>(0).map_err(backend)?);
+                    }
+                }
+                let mut ids = Vec::new();
+                let mut parts = Vec::new();
+                let mut usage = Vec::new();
+                for o in submitted {
+                    if let Outcome::Submitted {
+                        message_id,
+                        route,
+                        provider_ids,
+                        at_ms,
+                        event,
+                        usage: u,
+                        ..
+                    } = o
+                        && done.contains(message_id)
+                    {
+                        ids.push(message_id);
+                        for (i, pid) in provider_ids.iter().enumerate() {
+                            parts.push((message_id, i64::try_from(i).unwrap_or(i64::MAX), route, pid, *at_ms));
+                        }
+                        usage.push(u.as_ref());
+                        events.push(event.clone());
+                    }
+                }
+                for r in bulk::chunks(ids.len()) {
+                    let text = format!(
+                        "DELETE FROM message_parts WHERE message_id IN ({})",
+                        bulk::list(r.len(), 1)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for id in &ids[r] {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut *tx).await.map_err(backend)?;
+                }
+                for r in bulk::chunks(parts.len()) {
+                    let text = format!(
+                        "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, state) \
+                         VALUES {}",
+                        bulk::values(r.len(), 5, 1, ", 'submitted'")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for (m, i, route, pid, at) in &parts[r] {
+                        q = q.bind(*m).bind(*i).bind(*route).bind(*pid).bind(*at);
+                    }
+                    q.execute(&mut *tx).await.map_err(backend)?;
+                }
+                Self::push_usage(&mut tx, &usage).await?;
                 Self::push_events(&mut tx, &events).await?;
                 tx.commit().await.map_err(backend)
             }
 
             async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()> {
                 let mut tx = self.w().begin().await.map_err(backend)?;
-                for r in rows {
-                    sqlx::query(sql::INSERT_RECEIPT)
-                        .bind(&r.route)
-                        .bind(&r.provider_id)
-                        .bind(&r.state)
-                        .bind(&r.error_code)
-                        .bind(r.at_ms)
-                        .bind(r.received_at_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
+                for r in bulk::chunks(rows.len()) {
+                    let text = format!(
+                        "INSERT INTO channel_receipts (route, provider_id, state, error_code, at_ms, received_at_ms) \
+                         VALUES {}",
+                        bulk::values(r.len(), 6, 1, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for row in &rows[r] {
+                        q = q
+                            .bind(&row.route)
+                            .bind(&row.provider_id)
+                            .bind(&row.state)
+                            .bind(&row.error_code)
+                            .bind(row.at_ms)
+                            .bind(row.received_at_ms);
+                    }
+                    q.execute(&mut *tx).await.map_err(backend)?;
                 }
                 tx.commit().await.map_err(backend)
             }
@@ -556,6 +615,7 @@ macro_rules! impl_message_store {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(backend)?;
+                #[derive(Clone)]
                 struct Matched {
                     id: i64,
                     state: String,
@@ -579,72 +639,134 @@ macro_rules! impl_message_store {
                     .collect::<StoreResult<Vec<_>>>()?;
                 // Lock messages in one order on every node, so two reconcilers cannot deadlock.
                 matched.sort_by(|a, b| a.message_id.cmp(&b.message_id).then(a.id.cmp(&b.id)));
-                let mut events = Vec::new();
-                let mut changed = Vec::new();
-                let mut i = 0;
-                while i < matched.len() {
-                    let mid = matched[i].message_id.clone();
-                    let mut j = i;
-                    while j < matched.len() && matched[j].message_id == mid {
-                        j += 1;
+                let mut mids: Vec<&str> = matched.iter().map(|m| m.message_id.as_str()).collect();
+                mids.dedup();
+                let mut heads = Vec::new();
+                for r in bulk::chunks(mids.len()) {
+                    let text = format!(
+                        "SELECT id, account_id, channel, status, workflow_id FROM messages WHERE id IN ({}) \
+                         ORDER BY id{}",
+                        bulk::list(r.len(), 1),
+                        $lock
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for id in &mids[r] {
+                        q = q.bind(*id);
                     }
-                    let head = sqlx::query($lock)
-                        .bind(&mid)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    for m in &matched[i..j] {
-                        sqlx::query(sql::UPDATE_PART)
-                            .bind(&m.state)
-                            .bind(&m.error_code)
-                            .bind(now)
-                            .bind(&m.route)
-                            .bind(&m.provider_id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(backend)?;
-                        sqlx::query(sql::DELETE_RECEIPT)
-                            .bind(m.id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(backend)?;
-                    }
-                    if let Some(h) = head {
-                        let parts = sqlx::query(sql::PARTS_OF)
-                            .bind(&mid)
-                            .fetch_all(&mut *tx)
-                            .await
-                            .map_err(backend)?
-                            .iter()
-                            .map(Self::part_row)
-                            .collect::<StoreResult<Vec<_>>>()?;
-                        let target = ReceiptTarget {
-                            message_id: mid.clone(),
-                            account_id: h.try_get("account_id").map_err(backend)?,
-                            channel: h.try_get("channel").map_err(backend)?,
-                            status: h.try_get("status").map_err(backend)?,
-                            parts,
-                        };
-                        if let Some(change) = decide(&target, now) {
-                            let done = sqlx::query(sql::RECEIPT_STATUS)
-                                .bind(&change.status)
-                                .bind(&change.error_code)
-                                .bind(now)
-                                .bind(&mid)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(backend)?;
-                            if done.rows_affected() > 0 {
-                                events.push(change.event);
-                                let workflow: Option<String> =
-                                    h.try_get("workflow_id").map_err(backend)?;
-                                if workflow.is_some() {
-                                    changed.push(mid.clone());
-                                }
+                    heads.extend(q.fetch_all(&mut *tx).await.map_err(backend)?);
+                }
+                // Each part's receipts applied in the order they came, as one update: a
+                // final state is never replaced by a later, non-final one.
+                let mut effective: Vec<(&str, &str, &str, Option<&str>)> = Vec::new();
+                let mut by_part = matched.clone();
+                by_part.sort_by(|a, b| {
+                    (a.route.as_str(), a.provider_id.as_str(), a.id)
+                        .cmp(&(b.route.as_str(), b.provider_id.as_str(), b.id))
+                });
+                for m in &by_part {
+                    match effective.last_mut() {
+                        Some(e) if e.0 == m.route && e.1 == m.provider_id => {
+                            if !FINAL_PART_STATES.contains(&e.2) {
+                                e.2 = &m.state;
+                                e.3 = m.error_code.as_deref();
                             }
                         }
+                        _ => effective.push((
+                            &m.route,
+                            &m.provider_id,
+                            &m.state,
+                            m.error_code.as_deref(),
+                        )),
                     }
-                    i = j;
+                }
+                for r in bulk::chunks(effective.len()) {
+                    let text = format!(
+                        "UPDATE message_parts SET state = v.column3, error_code = v.column4, updated_at_ms = $1 \
+                         FROM (VALUES {}) AS v WHERE message_parts.route = v.column1 \
+                         AND message_parts.provider_id = v.column2 \
+                         AND message_parts.state NOT IN ('delivered', 'failed', 'expired', 'rejected')",
+                        bulk::values(r.len(), 4, 2, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now);
+                    for (route, pid, state, code) in &effective[r] {
+                        q = q.bind(*route).bind(*pid).bind(*state).bind(*code);
+                    }
+                    q.execute(&mut *tx).await.map_err(backend)?;
+                }
+                for r in bulk::chunks(matched.len()) {
+                    let text = format!(
+                        "DELETE FROM channel_receipts WHERE id IN ({})",
+                        bulk::list(r.len(), 1)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for m in &matched[r] {
+                        q = q.bind(m.id);
+                    }
+                    q.execute(&mut *tx).await.map_err(backend)?;
+                }
+                let mut parts: std::collections::HashMap<String, Vec<PartRow>> =
+                    std::collections::HashMap::new();
+                let live: Vec<String> = heads
+                    .iter()
+                    .map(|h| h.try_get::<String, _>("id").map_err(backend))
+                    .collect::<StoreResult<_>>()?;
+                for r in bulk::chunks(live.len()) {
+                    let text = format!(
+                        "SELECT message_id, part_index, route, provider_id, state, error_code FROM message_parts \
+                         WHERE message_id IN ({}) ORDER BY message_id, part_index",
+                        bulk::list(r.len(), 1)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for id in &live[r] {
+                        q = q.bind(id);
+                    }
+                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
+                        let p = Self::part_row(&row)?;
+                        parts.entry(p.message_id.clone()).or_default().push(p);
+                    }
+                }
+                // Decide each message from all its parts; apply the changes set-based, only
+                // to messages still `submitted`.
+                let mut changes = Vec::new();
+                for (h, mid) in heads.iter().zip(&live) {
+                    let target = ReceiptTarget {
+                        message_id: mid.clone(),
+                        account_id: h.try_get("account_id").map_err(backend)?,
+                        channel: h.try_get("channel").map_err(backend)?,
+                        status: h.try_get("status").map_err(backend)?,
+                        parts: parts.remove(mid).unwrap_or_default(),
+                    };
+                    if let Some(change) = decide(&target, now) {
+                        let workflow: Option<String> =
+                            h.try_get("workflow_id").map_err(backend)?;
+                        changes.push((mid, change, workflow.is_some()));
+                    }
+                }
+                let mut events = Vec::new();
+                let mut changed = Vec::new();
+                let mut applied = std::collections::HashSet::new();
+                for r in bulk::chunks(changes.len()) {
+                    let text = format!(
+                        "UPDATE messages SET status = v.column2, error_code = v.column3, final_at_ms = $1, \
+                         updated_at_ms = $1 FROM (VALUES {}) AS v WHERE messages.id = v.column1 \
+                         AND messages.status = 'submitted' RETURNING messages.id",
+                        bulk::values(r.len(), 3, 2, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now);
+                    for (mid, change, _) in &changes[r] {
+                        q = q.bind(*mid).bind(&change.status).bind(&change.error_code);
+                    }
+                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
+                        applied.insert(row.try_get::<String, _>(0).map_err(backend)?);
+                    }
+                }
+                for (mid, change, workflow) in changes {
+                    if applied.contains(mid) {
+                        events.push(change.event);
+                        if workflow {
+                            changed.push(mid.clone());
+                        }
+                    }
                 }
                 Self::push_events(&mut tx, &events).await?;
                 sqlx::query(sql::PURGE_RECEIPTS)
@@ -665,7 +787,7 @@ impl_message_store!(
     sqlx::sqlite::SqliteRow,
     sql::CLAIM_MESSAGES_SQLITE,
     sql::MATCHED_RECEIPTS_SQLITE,
-    sql::LOCK_MESSAGE_SQLITE
+    ""
 );
 impl_message_store!(
     PgStore,
@@ -673,5 +795,5 @@ impl_message_store!(
     sqlx::postgres::PgRow,
     sql::CLAIM_MESSAGES_PG,
     sql::MATCHED_RECEIPTS_PG,
-    sql::LOCK_MESSAGE_PG
+    " FOR UPDATE"
 );

@@ -156,9 +156,6 @@ pub const ERASE_CONTACT: &str = "UPDATE contacts SET reference_bidx = NULL, phon
      reference_ct = NULL, name_ct = NULL, phone_ct = NULL, email_ct = NULL, attributes_ct = NULL, erased_at_ms = $1, \
      updated_at_ms = $1 WHERE id = $2 AND erased_at_ms IS NULL";
 
-pub const INSERT_EVENT: &str = "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, fanned_out) \
-     VALUES ($1, $2, $3, $4, $5, 0)";
-
 pub const INSERT_ENDPOINT: &str = "INSERT INTO webhook_endpoints (id, account_id, url_ct, event_types, status, secret_ct, \
      previous_secret_ct, previous_secret_expires_at_ms, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub const GET_ENDPOINT: &str = "SELECT id, account_id, url_ct, event_types, status, secret_ct, previous_secret_ct, \
@@ -229,12 +226,8 @@ pub const SENDER_BY_ADDRESS: &str = "SELECT id, account_id, channel, address, cr
 pub const LIST_SENDERS: &str = "SELECT id, account_id, channel, address, created_at_ms FROM senders \
      WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 pub const DELETE_SENDER: &str = "DELETE FROM senders WHERE id = $1";
-pub const INSERT_MESSAGE: &str = concat!(
-    "INSERT INTO messages (",
-    message_cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-     $21, $22, $23, $24, $25, $26, $27)"
-);
+/// The columns of `messages`, in the order every statement binds them.
+pub const MESSAGE_COLS: &str = message_cols!();
 pub const GET_MESSAGE: &str = concat!("SELECT ", message_cols!(), " FROM messages WHERE id = $1");
 pub const LIST_MESSAGES: &str = concat!(
     "SELECT ",
@@ -242,8 +235,6 @@ pub const LIST_MESSAGES: &str = concat!(
     " FROM messages WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR channel = $3) \
      AND ($4 IS NULL OR direction = $4) AND ($5 IS NULL OR client_ref_bidx = $5) AND id > $6 ORDER BY id LIMIT $7"
 );
-pub const PARTS_OF: &str = "SELECT message_id, part_index, route, provider_id, state, error_code FROM message_parts \
-     WHERE message_id = $1 ORDER BY part_index";
 pub const CLAIM_MESSAGES_SQLITE: &str = concat!(
     "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE status = 'accepted' \
      AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT $3) RETURNING ",
@@ -256,34 +247,16 @@ pub const CLAIM_MESSAGES_PG: &str = concat!(
      FOR UPDATE SKIP LOCKED) RETURNING ",
     message_cols!()
 );
-pub const SUBMIT_MESSAGE: &str = "UPDATE messages SET status = 'submitted', route = $1, parts = $2, attempts = attempts + 1, \
-     submitted_at_ms = $3, updated_at_ms = $3, lease_until_ms = 0, error_reason = NULL, content_ct = COALESCE($4, content_ct) \
-     WHERE id = $5 AND status = 'accepted'";
-pub const DELETE_PARTS: &str = "DELETE FROM message_parts WHERE message_id = $1";
-pub const INSERT_PART: &str = "INSERT INTO message_parts (message_id, part_index, route, provider_id, state, updated_at_ms) \
-     VALUES ($1, $2, $3, $4, 'submitted', $5)";
 pub const RETRY_MESSAGE: &str = "UPDATE messages SET attempts = $1, next_attempt_at_ms = $2, error_reason = $3, updated_at_ms = $4, \
      lease_until_ms = 0 WHERE id = $5 AND status = 'accepted'";
 pub const FINAL_MESSAGE: &str = "UPDATE messages SET status = $1, error_code = $2, error_reason = $3, final_at_ms = $4, \
      updated_at_ms = $4, lease_until_ms = 0, content_ct = COALESCE($5, content_ct) WHERE id = $6 AND status = 'accepted'";
-pub const INSERT_RECEIPT: &str = "INSERT INTO channel_receipts (route, provider_id, state, error_code, at_ms, received_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6)";
 pub const MATCHED_RECEIPTS_SQLITE: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
      FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
      ORDER BY r.id LIMIT $1";
 pub const MATCHED_RECEIPTS_PG: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
      FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
      ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED";
-pub const LOCK_MESSAGE_SQLITE: &str =
-    "SELECT id, account_id, channel, status, workflow_id FROM messages WHERE id = $1";
-pub const LOCK_MESSAGE_PG: &str =
-    "SELECT id, account_id, channel, status, workflow_id FROM messages WHERE id = $1 FOR UPDATE";
-/// A final part state is never replaced by a later, non-final one.
-pub const UPDATE_PART: &str = "UPDATE message_parts SET state = $1, error_code = $2, updated_at_ms = $3 \
-     WHERE route = $4 AND provider_id = $5 AND state NOT IN ('delivered', 'failed', 'expired', 'rejected')";
-pub const DELETE_RECEIPT: &str = "DELETE FROM channel_receipts WHERE id = $1";
-pub const RECEIPT_STATUS: &str = "UPDATE messages SET status = $1, error_code = $2, final_at_ms = $3, updated_at_ms = $3 \
-     WHERE id = $4 AND status = 'submitted'";
 pub const PURGE_RECEIPTS: &str = "DELETE FROM channel_receipts WHERE received_at_ms < $1";
 
 pub const UPSERT_CONSENT: &str = "INSERT INTO consents (account_id, channel, address_bidx, purpose, status, method, source, updated_at_ms) \
@@ -567,7 +540,6 @@ pub const ALL: &[&str] = &[
     LIST_CONTACTS,
     UPDATE_CONTACT,
     ERASE_CONTACT,
-    INSERT_EVENT,
     INSERT_ENDPOINT,
     GET_ENDPOINT,
     LIST_ENDPOINTS,
@@ -593,25 +565,14 @@ pub const ALL: &[&str] = &[
     SENDER_BY_ADDRESS,
     LIST_SENDERS,
     DELETE_SENDER,
-    INSERT_MESSAGE,
     GET_MESSAGE,
     LIST_MESSAGES,
-    PARTS_OF,
     CLAIM_MESSAGES_SQLITE,
     CLAIM_MESSAGES_PG,
-    SUBMIT_MESSAGE,
-    DELETE_PARTS,
-    INSERT_PART,
     RETRY_MESSAGE,
     FINAL_MESSAGE,
-    INSERT_RECEIPT,
     MATCHED_RECEIPTS_SQLITE,
     MATCHED_RECEIPTS_PG,
-    LOCK_MESSAGE_SQLITE,
-    LOCK_MESSAGE_PG,
-    UPDATE_PART,
-    DELETE_RECEIPT,
-    RECEIPT_STATUS,
     PURGE_RECEIPTS,
     UPSERT_CONSENT,
     CONSENTS_FOR,

@@ -1,15 +1,12 @@
 //! The usage ledger, for both backends: appended inside the transaction of the send it
 //! counts (`push_usage`), read by the Reports API.
 
-use crate::{PgStore, SqliteStore, backend};
+use crate::{PgStore, SqliteStore, backend, bulk};
 use haven_platform::store::StoreResult;
 use haven_platform::usage::UsageRecord;
 use haven_reports::store::{UsageFilter, UsageStore, UsageTotal};
 use sqlx::Row;
 
-const INSERT_USAGE: &str = "INSERT INTO usage_records (id, account_id, product, channel, resource_id, reference_id, \
-     country, units, unit, unit_price_micros, currency, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-     ON CONFLICT (resource_id) DO NOTHING";
 const LIST_USAGE: &str = "SELECT id, account_id, product, channel, resource_id, reference_id, country, units, unit, \
      unit_price_micros, currency, created_at_ms FROM usage_records WHERE account_id = $1 AND id > $2 AND id < $3 \
      AND ($4 IS NULL OR product = $4) AND ($5 IS NULL OR channel = $5) AND ($6 IS NULL OR country = $6) \
@@ -24,28 +21,37 @@ const SUMMARIZE_USAGE: &str = "SELECT product, channel, country, currency, COUNT
 macro_rules! impl_usage_store {
     ($store:ty, $db:ty, $row:ty) => {
         impl $store {
-            /// Appends a usage record inside the caller's transaction; a second record for the
-            /// same resource is ignored.
+            /// Appends usage records inside the caller's transaction; a second record for
+            /// the same resource is ignored.
             pub(crate) async fn push_usage(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                u: &UsageRecord,
+                records: &[&UsageRecord],
             ) -> StoreResult<()> {
-                sqlx::query(INSERT_USAGE)
-                    .bind(&u.id)
-                    .bind(&u.account_id)
-                    .bind(&u.product)
-                    .bind(&u.channel)
-                    .bind(&u.resource_id)
-                    .bind(&u.reference_id)
-                    .bind(&u.country)
-                    .bind(u.units)
-                    .bind(&u.unit)
-                    .bind(u.unit_price_micros)
-                    .bind(&u.currency)
-                    .bind(u.created_at_ms)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(backend)?;
+                for r in bulk::chunks(records.len()) {
+                    let text = format!(
+                        "INSERT INTO usage_records (id, account_id, product, channel, resource_id, reference_id, \
+                         country, units, unit, unit_price_micros, currency, created_at_ms) VALUES {} \
+                         ON CONFLICT (resource_id) DO NOTHING",
+                        bulk::values(r.len(), 12, 1, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for u in &records[r] {
+                        q = q
+                            .bind(&u.id)
+                            .bind(&u.account_id)
+                            .bind(&u.product)
+                            .bind(&u.channel)
+                            .bind(&u.resource_id)
+                            .bind(&u.reference_id)
+                            .bind(&u.country)
+                            .bind(u.units)
+                            .bind(&u.unit)
+                            .bind(u.unit_price_micros)
+                            .bind(&u.currency)
+                            .bind(u.created_at_ms);
+                    }
+                    q.execute(&mut **tx).await.map_err(backend)?;
+                }
                 Ok(())
             }
 
