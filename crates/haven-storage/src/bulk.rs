@@ -12,6 +12,25 @@
 
 use std::ops::Range;
 
+/// How a backend numbers parameters. SQLite gets anonymous `?`: its `$n` names are looked up
+/// by a linear scan per parameter when binding, which is quadratic in a statement of
+/// thousands; PostgreSQL needs `$n`. Both bind in order of appearance either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ph {
+    Question,
+    Dollar,
+}
+
+impl Ph {
+    /// Placeholder number `n` (1-based) in this style.
+    pub(crate) fn at(self, n: usize) -> String {
+        match self {
+            Ph::Question => "?".to_owned(),
+            Ph::Dollar => format!("${n}"),
+        }
+    }
+}
+
 /// Rows per statement at most. The widest row (a message) has 27 columns: 256 rows stay far
 /// below SQLite's 32,766 and PostgreSQL's 65,535 parameters.
 pub(crate) const MAX_ROWS: usize = 256;
@@ -36,7 +55,7 @@ pub(crate) fn chunks(n: usize) -> Vec<Range<usize>> {
 
 /// `($first, …), (…)`: `rows` tuples of `cols` placeholders numbered from `first`, each
 /// followed by `tail` (constant columns such as `, 0`).
-pub(crate) fn values(rows: usize, cols: usize, first: usize, tail: &str) -> String {
+pub(crate) fn values(ph: Ph, rows: usize, cols: usize, first: usize, tail: &str) -> String {
     let mut s = String::with_capacity(rows * (cols * 5 + 4 + tail.len()));
     let mut n = first;
     for r in 0..rows {
@@ -48,8 +67,7 @@ pub(crate) fn values(rows: usize, cols: usize, first: usize, tail: &str) -> Stri
             if c > 0 {
                 s.push_str(", ");
             }
-            s.push('$');
-            s.push_str(&n.to_string());
+            s.push_str(&ph.at(n));
             n += 1;
         }
         s.push_str(tail);
@@ -59,9 +77,9 @@ pub(crate) fn values(rows: usize, cols: usize, first: usize, tail: &str) -> Stri
 }
 
 /// `$first, …`: `n` placeholders for an `IN (…)` list.
-pub(crate) fn list(n: usize, first: usize) -> String {
+pub(crate) fn list(ph: Ph, n: usize, first: usize) -> String {
     (first..first + n)
-        .map(|i| format!("${i}"))
+        .map(|i| ph.at(i))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -92,8 +110,13 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_in_order() {
-        assert_eq!(values(2, 3, 1, ""), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(values(1, 2, 4, ", 0"), "($4, $5, 0)");
-        assert_eq!(list(3, 2), "$2, $3, $4");
+        assert_eq!(
+            values(Ph::Dollar, 2, 3, 1, ""),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values(Ph::Dollar, 1, 2, 4, ", 0"), "($4, $5, 0)");
+        assert_eq!(list(Ph::Dollar, 3, 2), "$2, $3, $4");
+        assert_eq!(values(Ph::Question, 1, 3, 9, ""), "(?, ?, ?)");
+        assert_eq!(list(Ph::Question, 2, 5), "?, ?");
     }
 }

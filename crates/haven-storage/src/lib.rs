@@ -269,6 +269,14 @@ fn json_list(items: impl IntoIterator<Item = String>) -> String {
         .unwrap_or_else(|_| "[]".to_owned())
 }
 
+impl SqliteStore {
+    pub(crate) const PH: bulk::Ph = bulk::Ph::Question;
+}
+
+impl PgStore {
+    pub(crate) const PH: bulk::Ph = bulk::Ph::Dollar;
+}
+
 /// The same method bodies for both backends; only the pools differ.
 macro_rules! impl_stores {
     ($store:ty, $db:ty) => {
@@ -282,7 +290,7 @@ macro_rules! impl_stores {
                     let text = format!(
                         "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, \
                          fanned_out) VALUES {}",
-                        bulk::values(r.len(), 5, 1, ", 0")
+                        bulk::values(Self::PH, r.len(), 5, 1, ", 0")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for e in &events[r] {

@@ -357,7 +357,7 @@ macro_rules! impl_message_store {
                     let text = format!(
                         "INSERT INTO messages ({}) VALUES {}",
                         sql::MESSAGE_COLS,
-                        bulk::values(r.len(), 27, 1, "")
+                        bulk::values(Self::PH, r.len(), 27, 1, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for (m, _) in &rows[r] {
@@ -503,7 +503,7 @@ macro_rules! impl_message_store {
                          content_ct = COALESCE(v.column5, messages.content_ct) \
                          FROM (VALUES {}) AS v WHERE messages.id = v.column1 AND messages.status = 'accepted' \
                          RETURNING messages.id",
-                        bulk::values(r.len(), 5, 1, "")
+                        bulk::values(Self::PH, r.len(), 5, 1, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for o in &submitted[r] {
@@ -554,7 +554,7 @@ macro_rules! impl_message_store {
                 for r in bulk::chunks(ids.len()) {
                     let text = format!(
                         "DELETE FROM message_parts WHERE message_id IN ({})",
-                        bulk::list(r.len(), 1)
+                        bulk::list(Self::PH, r.len(), 1)
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for id in &ids[r] {
@@ -566,7 +566,7 @@ macro_rules! impl_message_store {
                     let text = format!(
                         "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, state) \
                          VALUES {}",
-                        bulk::values(r.len(), 5, 1, ", 'submitted'")
+                        bulk::values(Self::PH, r.len(), 5, 1, ", 'submitted'")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for (m, i, route, pid, at) in &parts[r] {
@@ -585,7 +585,7 @@ macro_rules! impl_message_store {
                     let text = format!(
                         "INSERT INTO channel_receipts (route, provider_id, state, error_code, at_ms, received_at_ms) \
                          VALUES {}",
-                        bulk::values(r.len(), 6, 1, "")
+                        bulk::values(Self::PH, r.len(), 6, 1, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for row in &rows[r] {
@@ -646,7 +646,7 @@ macro_rules! impl_message_store {
                     let text = format!(
                         "SELECT id, account_id, channel, status, workflow_id FROM messages WHERE id IN ({}) \
                          ORDER BY id{}",
-                        bulk::list(r.len(), 1),
+                        bulk::list(Self::PH, r.len(), 1),
                         $lock
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
@@ -681,11 +681,12 @@ macro_rules! impl_message_store {
                 }
                 for r in bulk::chunks(effective.len()) {
                     let text = format!(
-                        "UPDATE message_parts SET state = v.column3, error_code = v.column4, updated_at_ms = $1 \
+                        "UPDATE message_parts SET state = v.column3, error_code = v.column4, updated_at_ms = {} \
                          FROM (VALUES {}) AS v WHERE message_parts.route = v.column1 \
                          AND message_parts.provider_id = v.column2 \
                          AND message_parts.state NOT IN ('delivered', 'failed', 'expired', 'rejected')",
-                        bulk::values(r.len(), 4, 2, "")
+                        Self::PH.at(1),
+                        bulk::values(Self::PH, r.len(), 4, 2, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now);
                     for (route, pid, state, code) in &effective[r] {
@@ -696,7 +697,7 @@ macro_rules! impl_message_store {
                 for r in bulk::chunks(matched.len()) {
                     let text = format!(
                         "DELETE FROM channel_receipts WHERE id IN ({})",
-                        bulk::list(r.len(), 1)
+                        bulk::list(Self::PH, r.len(), 1)
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for m in &matched[r] {
@@ -714,7 +715,7 @@ macro_rules! impl_message_store {
                     let text = format!(
                         "SELECT message_id, part_index, route, provider_id, state, error_code FROM message_parts \
                          WHERE message_id IN ({}) ORDER BY message_id, part_index",
-                        bulk::list(r.len(), 1)
+                        bulk::list(Self::PH, r.len(), 1)
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for id in &live[r] {
@@ -747,12 +748,14 @@ macro_rules! impl_message_store {
                 let mut applied = std::collections::HashSet::new();
                 for r in bulk::chunks(changes.len()) {
                     let text = format!(
-                        "UPDATE messages SET status = v.column2, error_code = v.column3, final_at_ms = $1, \
-                         updated_at_ms = $1 FROM (VALUES {}) AS v WHERE messages.id = v.column1 \
+                        "UPDATE messages SET status = v.column2, error_code = v.column3, final_at_ms = {}, \
+                         updated_at_ms = {} FROM (VALUES {}) AS v WHERE messages.id = v.column1 \
                          AND messages.status = 'submitted' RETURNING messages.id",
-                        bulk::values(r.len(), 3, 2, "")
+                        Self::PH.at(1),
+                        Self::PH.at(2),
+                        bulk::values(Self::PH, r.len(), 3, 3, "")
                     );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now);
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now).bind(now);
                     for (mid, change, _) in &changes[r] {
                         q = q.bind(*mid).bind(&change.status).bind(&change.error_code);
                     }

@@ -32,7 +32,7 @@ macro_rules! impl_usage_store {
                         "INSERT INTO usage_records (id, account_id, product, channel, resource_id, reference_id, \
                          country, units, unit, unit_price_micros, currency, created_at_ms) VALUES {} \
                          ON CONFLICT (resource_id) DO NOTHING",
-                        bulk::values(r.len(), 12, 1, "")
+                        bulk::values(Self::PH, r.len(), 12, 1, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for u in &records[r] {
