@@ -13,6 +13,39 @@ use sqlx::Row;
 /// Part states no receipt changes any more.
 const FINAL_PART_STATES: &[&str] = &["delivered", "failed", "expired", "rejected"];
 
+/// One stored receipt matched to its part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Receipt<'a> {
+    id: i64,
+    route: &'a str,
+    provider_id: &'a str,
+    state: &'a str,
+    error_code: Option<&'a str>,
+}
+
+/// What a batch of receipts leaves each part at, as `(route, provider_id, state,
+/// error_code)`: the receipts of one part applied in the order they came (by id), where a
+/// final state is never replaced by a later one. The same rule guards the stored state.
+fn fold_receipts<'a>(
+    receipts: impl Iterator<Item = Receipt<'a>>,
+) -> Vec<(&'a str, &'a str, &'a str, Option<&'a str>)> {
+    let mut by_part: Vec<Receipt<'a>> = receipts.collect();
+    by_part.sort_by_key(|r| (r.route, r.provider_id, r.id));
+    let mut effective: Vec<(&str, &str, &str, Option<&str>)> = Vec::new();
+    for m in by_part {
+        match effective.last_mut() {
+            Some(e) if e.0 == m.route && e.1 == m.provider_id => {
+                if !FINAL_PART_STATES.contains(&e.2) {
+                    e.2 = m.state;
+                    e.3 = m.error_code;
+                }
+            }
+            _ => effective.push((m.route, m.provider_id, m.state, m.error_code)),
+        }
+    }
+    effective
+}
+
 macro_rules! impl_message_store {
     ($store:ty, $db:ty, $row:ty, $claim:expr, $matched:expr, $lock:expr) => {
         impl $store {
@@ -615,7 +648,6 @@ macro_rules! impl_message_store {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(backend)?;
-                #[derive(Clone)]
                 struct Matched {
                     id: i64,
                     state: String,
@@ -657,28 +689,13 @@ macro_rules! impl_message_store {
                 }
                 // Each part's receipts applied in the order they came, as one update: a
                 // final state is never replaced by a later, non-final one.
-                let mut effective: Vec<(&str, &str, &str, Option<&str>)> = Vec::new();
-                let mut by_part = matched.clone();
-                by_part.sort_by(|a, b| {
-                    (a.route.as_str(), a.provider_id.as_str(), a.id)
-                        .cmp(&(b.route.as_str(), b.provider_id.as_str(), b.id))
-                });
-                for m in &by_part {
-                    match effective.last_mut() {
-                        Some(e) if e.0 == m.route && e.1 == m.provider_id => {
-                            if !FINAL_PART_STATES.contains(&e.2) {
-                                e.2 = &m.state;
-                                e.3 = m.error_code.as_deref();
-                            }
-                        }
-                        _ => effective.push((
-                            &m.route,
-                            &m.provider_id,
-                            &m.state,
-                            m.error_code.as_deref(),
-                        )),
-                    }
-                }
+                let effective = fold_receipts(matched.iter().map(|m| Receipt {
+                    id: m.id,
+                    route: &m.route,
+                    provider_id: &m.provider_id,
+                    state: &m.state,
+                    error_code: m.error_code.as_deref(),
+                }));
                 for r in bulk::chunks(effective.len()) {
                     let text = format!(
                         "UPDATE message_parts SET state = v.column3, error_code = v.column4, updated_at_ms = {} \
@@ -800,3 +817,42 @@ impl_message_store!(
     sql::MATCHED_RECEIPTS_PG,
     " FOR UPDATE"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r<'a>(id: i64, pid: &'a str, state: &'a str) -> Receipt<'a> {
+        Receipt {
+            id,
+            route: "smsc",
+            provider_id: pid,
+            state,
+            error_code: (state == "failed").then_some("088"),
+        }
+    }
+
+    #[test]
+    fn receipts_fold_in_arrival_order_and_finals_stay() {
+        let got = fold_receipts(
+            [
+                r(4, "b", "enroute"),
+                r(1, "a", "enroute"),
+                r(3, "a", "enroute"),
+                r(2, "a", "delivered"),
+                r(5, "b", "failed"),
+                r(6, "c", "enroute"),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            got,
+            vec![
+                // enroute, then delivered: a later enroute does not undo it.
+                ("smsc", "a", "delivered", None),
+                ("smsc", "b", "failed", Some("088")),
+                ("smsc", "c", "enroute", None),
+            ]
+        );
+    }
+}
