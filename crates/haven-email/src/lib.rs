@@ -55,12 +55,17 @@
 //!   `AUTH` failures, and any reply while connecting.
 //!
 //! # Bounces
-//! Bounces are reported where the relay gives them: a `5xx` at `RCPT` or after `DATA` is
-//! a bounce reported synchronously, as `Rejected`. A relay that accepts a message and
-//! later fails to deliver it sends a delivery status notification (RFC 3464) to the
-//! envelope sender (the `From` address); reading those needs an inbound mailbox, which this
-//! crate does not have, so such asynchronous bounces are not reported to Haven (no
-//! [`ChannelEvent::Receipt`](haven_channel::ChannelEvent) is produced).
+//! A `5xx` at `RCPT` or after `DATA` is a bounce reported synchronously, as `Rejected`.
+//! A relay that accepts a message and fails to deliver it later mails a delivery status
+//! notification (RFC 3464) to the envelope sender. With [`EmailChannel::with_bounces`]
+//! that sender is the message's own address under the bounce domain, the relay is asked
+//! (when it offers DSN) for failure reports with the headers only (`RET=HDRS`,
+//! `NOTIFY=FAILURE`, plus `SUCCESS` for messages that want a receipt), and the
+//! [`bounce::BounceListener`] turns each report into a
+//! [`ChannelEvent::Receipt`](haven_channel::ChannelEvent) for the message: `failed` (or
+//! `expired` for status 4.4.7) with the status code (`5.1.1`), or `delivered` for a
+//! `delivered` or `relayed` notice. Without bounces configured, such later failures are
+//! not seen.
 //!
 //! # Connections
 //! At most [`SmtpConfig::pool_size`] connections to the relay at once; each is kept open
@@ -82,6 +87,7 @@
 //! `haven_smtp_sends_total{route, outcome}` counts sends, `outcome` being `submitted`,
 //! `rejected` or `transient`.
 
+pub mod bounce;
 mod config;
 mod message;
 mod transport;
@@ -97,8 +103,9 @@ pub use message::FALLBACK_MESSAGE_ID_DOMAIN;
 pub use transport::IDLE_TIMEOUT;
 
 use config::Prepared;
+use lettre::address::Envelope;
 use message::{BuildError, build, queue_id, sanitize_reason};
-use transport::{Failure, Pool};
+use transport::{DsnRequest, Failure, Pool};
 
 /// The metric counting sends by route and outcome.
 pub const SENDS_METRIC: &str = "haven_smtp_sends_total";
@@ -107,6 +114,7 @@ pub const SENDS_METRIC: &str = "haven_smtp_sends_total";
 /// to [`SmtpConfig::pool_size`].
 pub struct EmailChannel {
     cfg: Prepared,
+    bounces: Option<bounce::BounceAddresses>,
     pool: Pool,
     in_flight: AtomicUsize,
     state: Mutex<RouteState>,
@@ -141,12 +149,23 @@ impl EmailChannel {
         Ok(Self {
             pool: Pool::new(cfg.pool_size),
             cfg,
+            bounces: None,
             in_flight: AtomicUsize::new(0),
             state: Mutex::new(RouteState {
                 connected: true,
                 detail: None,
             }),
         })
+    }
+
+    /// Sends every message with its own envelope sender from `addresses`
+    /// (`bounce+<message id>.<tag>@<domain>`), asks relays that offer DSN for failure
+    /// reports (and success reports for messages that want a receipt) with the headers
+    /// only, and names each message's part by its Haven id, so the reports the
+    /// [`bounce::BounceListener`] reads come back to the message.
+    pub fn with_bounces(mut self, addresses: bounce::BounceAddresses) -> Self {
+        self.bounces = Some(addresses);
+        self
     }
 
     /// The route name.
@@ -181,7 +200,34 @@ impl EmailChannel {
             None => built.message.formatted(),
         };
 
-        let send = self.pool.send(&self.cfg, &built.envelope, &bytes);
+        let (envelope, dsn) =
+            match &self.bounces {
+                Some(b) => {
+                    let from = b
+                        .address(&m.message_id)
+                        .parse()
+                        .map_err(|_| Failure::Rejected {
+                            code: "invalid_message".to_owned(),
+                            reason: "the message id does not make an envelope sender".to_owned(),
+                        })?;
+                    let envelope = Envelope::new(Some(from), built.envelope.to().to_vec())
+                        .map_err(|_| Failure::Rejected {
+                            code: "invalid_recipient".to_owned(),
+                            reason: "the recipient is not one valid email address".to_owned(),
+                        })?;
+                    let dsn = DsnRequest {
+                        envelope_id: m.message_id.clone(),
+                        notify: if m.want_receipt {
+                            "SUCCESS,FAILURE"
+                        } else {
+                            "FAILURE"
+                        },
+                    };
+                    (envelope, Some(dsn))
+                }
+                None => (built.envelope.clone(), None),
+            };
+        let send = self.pool.send(&self.cfg, &envelope, &bytes, dsn.as_ref());
         let response = match tokio::time::timeout(self.cfg.timeout, send).await {
             Ok(result) => result?,
             Err(_) => {
@@ -196,7 +242,16 @@ impl EmailChannel {
             }
         };
         let lines: Vec<&str> = response.message().collect();
-        let provider_id = queue_id(&lines).unwrap_or(built.message_id);
+        let queue = queue_id(&lines);
+        let provider_id = if self.bounces.is_some() {
+            // Reports come back naming the Haven message; the relay's queue id is logged.
+            if let Some(q) = &queue {
+                tracing::debug!(route = %self.cfg.name, message_id = %m.message_id, queue_id = %q, "relay queue id");
+            }
+            m.message_id.clone()
+        } else {
+            queue.unwrap_or(built.message_id)
+        };
         Ok(Submitted {
             route: self.cfg.name.clone(),
             provider_ids: vec![provider_id],

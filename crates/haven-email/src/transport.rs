@@ -9,6 +9,10 @@ use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::DEFAULT_MECHANISMS;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
+use lettre::transport::smtp::extension::{
+    Extension, MailBodyParameter, MailParameter, RcptParameter,
+};
 use lettre::transport::smtp::response::Response;
 use tokio::sync::Semaphore;
 
@@ -176,8 +180,24 @@ fn find_rustls_error(e: &SmtpError) -> Option<&rustls::Error> {
 }
 
 struct Idle {
-    conn: AsyncSmtpConnection,
+    conn: Open,
     since: Instant,
+}
+
+/// A connection and whether its relay offers DSN (RFC 3461); only asked when the send
+/// wants delivery status notifications.
+struct Open {
+    conn: AsyncSmtpConnection,
+    dsn: bool,
+}
+
+/// What to ask of a relay that offers DSN: the `ENVID` (the Haven message id), `RET=HDRS`
+/// (a report returns the headers, never the body), and `NOTIFY`.
+#[derive(Debug, Clone)]
+pub(crate) struct DsnRequest {
+    pub envelope_id: String,
+    /// `FAILURE`, or `SUCCESS,FAILURE` when the message asked for a receipt.
+    pub notify: &'static str,
 }
 
 /// Open connections to one relay. A connection is taken out while it is used and goes back
@@ -207,13 +227,13 @@ impl Pool {
             .partition(|i| i.since.elapsed() < IDLE_TIMEOUT);
         *idle = fresh;
         for s in stale {
-            close_politely(s.conn);
+            close_politely(s.conn.conn);
         }
         idle.pop()
     }
 
-    fn put_back(&self, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    fn put_back(&self, conn: Open) {
+        if conn.conn.has_broken() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,7 +244,7 @@ impl Pool {
             });
         } else {
             drop(idle);
-            close_politely(conn);
+            close_politely(conn.conn);
         }
     }
 
@@ -235,7 +255,7 @@ impl Pool {
             idle.drain(..).collect()
         };
         for mut i in conns {
-            let _ = tokio::time::timeout(Duration::from_secs(2), i.conn.abort()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), i.conn.conn.abort()).await;
         }
     }
 
@@ -247,6 +267,7 @@ impl Pool {
         cfg: &Prepared,
         envelope: &Envelope,
         bytes: &[u8],
+        dsn: Option<&DsnRequest>,
     ) -> Result<Response, Failure> {
         let Ok(_permit) = self.permits.acquire().await else {
             // The semaphore is never closed.
@@ -259,20 +280,26 @@ impl Pool {
         let mut conn = loop {
             match self.take_idle() {
                 Some(mut idle) => {
-                    if idle.conn.test_connected().await {
+                    if idle.conn.conn.test_connected().await {
                         break idle.conn;
                     }
                     // The relay closed it meanwhile: drop it, try the next.
                 }
                 None => {
-                    break open(cfg).await.map_err(|e| classify(&e, Phase::Connect))?;
+                    break open(cfg, dsn.is_some())
+                        .await
+                        .map_err(|e| classify(&e, Phase::Connect))?;
                 }
             }
         };
-        let response = conn
-            .send(envelope, bytes)
-            .await
-            .map_err(|e| classify(&e, Phase::Transaction))?;
+        let response = match dsn.filter(|_| conn.dsn) {
+            Some(dsn) => transact_with_dsn(&mut conn.conn, envelope, bytes, dsn).await?,
+            None => conn
+                .conn
+                .send(envelope, bytes)
+                .await
+                .map_err(|e| classify(&e, Phase::Transaction))?,
+        };
         self.put_back(conn);
         Ok(response)
     }
@@ -287,8 +314,116 @@ fn close_politely(mut conn: AsyncSmtpConnection) {
     }
 }
 
+/// One mail transaction with DSN parameters (lettre's `send` has no way to add them):
+/// `MAIL FROM:<…> RET=HDRS ENVID=…`, `RCPT TO:<…> NOTIFY=…`, then the content; with
+/// lettre's own checks for non-ASCII addresses and content. A failed command closes the
+/// connection, as lettre does.
+async fn transact_with_dsn(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    bytes: &[u8],
+    dsn: &DsnRequest,
+) -> Result<Response, Failure> {
+    let info = conn.server_info();
+    let mut mail = Vec::new();
+    let non_ascii = envelope
+        .from()
+        .is_some_and(|a| !AsRef::<str>::as_ref(a).is_ascii())
+        || envelope
+            .to()
+            .iter()
+            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+    if non_ascii {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
+            return Err(Failure::Rejected {
+                code: "smtputf8_unsupported".to_owned(),
+                reason: "the relay cannot take non-ASCII addresses (no SMTPUTF8)".to_owned(),
+            });
+        }
+        mail.push(MailParameter::SmtpUtfEight);
+    }
+    if !bytes.is_ascii() {
+        if !info.supports_feature(Extension::EightBitMime) {
+            return Err(Failure::Rejected {
+                code: "8bitmime_unsupported".to_owned(),
+                reason: "the relay cannot take 8-bit content (no 8BITMIME)".to_owned(),
+            });
+        }
+        mail.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    mail.push(MailParameter::Other {
+        keyword: "RET".to_owned(),
+        value: Some("HDRS".to_owned()),
+    });
+    mail.push(MailParameter::Other {
+        keyword: "ENVID".to_owned(),
+        value: Some(xtext(&dsn.envelope_id)),
+    });
+    let result = async {
+        conn.command(Mail::new(envelope.from().cloned(), mail))
+            .await?;
+        for to in envelope.to() {
+            let notify = vec![RcptParameter::Other {
+                keyword: "NOTIFY".to_owned(),
+                value: Some(dsn.notify.to_owned()),
+            }];
+            conn.command(Rcpt::new(to.clone(), notify)).await?;
+        }
+        conn.command(Data).await?;
+        conn.message(bytes).await
+    }
+    .await;
+    match result {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            conn.abort().await;
+            Err(classify(&e, Phase::Transaction))
+        }
+    }
+}
+
+/// RFC 3461 xtext: `+XX` for `+`, `=`, controls, space and non-ASCII.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether an `EHLO` reply lists the `DSN` keyword.
+fn offers_dsn(reply: &Response) -> bool {
+    reply.message().any(|line| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
+    })
+}
+
+/// [`connect`], and when DSNs are wanted, a second `EHLO` to see whether the relay offers
+/// them (lettre keeps only the extensions it knows).
+async fn open(cfg: &Prepared, want_dsn: bool) -> Result<Open, SmtpError> {
+    let mut conn = connect(cfg).await?;
+    let dsn = if want_dsn {
+        match conn.command(Ehlo::new(cfg.client_id.clone())).await {
+            Ok(reply) => offers_dsn(&reply),
+            Err(e) => {
+                conn.abort().await;
+                return Err(e);
+            }
+        }
+    } else {
+        false
+    };
+    Ok(Open { conn, dsn })
+}
+
 /// TCP (+ TLS for implicit), EHLO, STARTTLS (required: no plaintext fallback), AUTH.
-async fn open(cfg: &Prepared) -> Result<AsyncSmtpConnection, SmtpError> {
+async fn connect(cfg: &Prepared) -> Result<AsyncSmtpConnection, SmtpError> {
     let implicit = match &cfg.tls {
         PreparedTls::Implicit(p) => Some(p.clone()),
         _ => None,
@@ -316,6 +451,13 @@ async fn open(cfg: &Prepared) -> Result<AsyncSmtpConnection, SmtpError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xtext_encodes_what_it_must() {
+        assert_eq!(xtext("msg_01abc"), "msg_01abc");
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext("é"), "+C3+A9");
+    }
 
     #[test]
     fn config_codes_are_not_rejections() {

@@ -121,6 +121,33 @@ pub struct Identity {
 
 const PEPPER_NAME: &str = "api_key_pepper";
 
+/// A 32-byte server secret shared by every node (the API-key pepper, the bounce address
+/// key): read from the database and unsealed with the master key, or made and stored on
+/// the first start. When several nodes start together, the first one stored wins.
+pub async fn system_secret(
+    store: &dyn IdentityStore,
+    master: &dyn KeyProvider,
+    name: &str,
+) -> IdentityResult<[u8; 32]> {
+    let context = format!("haven:system:{name}");
+    if store.get_system_secret(name).await?.is_none() {
+        let secret = haven_crypto::random_bytes::<32>()?;
+        let sealed = master.wrap(&context, &secret)?;
+        store
+            .put_system_secret(name, &sealed, haven_platform::clock::now_ms())
+            .await?;
+    }
+    let sealed = store
+        .get_system_secret(name)
+        .await?
+        .ok_or(IdentityError::Conflict(
+            "a server secret vanished while starting",
+        ))?;
+    let raw = master.unwrap(&context, &sealed)?;
+    <[u8; 32]>::try_from(raw.as_slice())
+        .map_err(|_| IdentityError::Conflict("a stored server secret is not 32 bytes"))
+}
+
 impl Identity {
     /// Opens the service: unseals the API-key pepper (creating it on a new database) and loads
     /// the token signing keys. Fails if `master` is not the key this database was sealed with.
@@ -131,22 +158,7 @@ impl Identity {
         settings: AuthSettings,
         token_settings: TokenSettings,
     ) -> IdentityResult<Self> {
-        let context = format!("haven:system:{PEPPER_NAME}");
-        if store.get_system_secret(PEPPER_NAME).await?.is_none() {
-            let pepper = haven_crypto::random_bytes::<32>()?;
-            let sealed = master.wrap(&context, &pepper)?;
-            store
-                .put_system_secret(PEPPER_NAME, &sealed, haven_platform::clock::now_ms())
-                .await?;
-        }
-        // Read back: when several nodes start together, the first stored pepper wins.
-        let sealed = store
-            .get_system_secret(PEPPER_NAME)
-            .await?
-            .ok_or(IdentityError::Conflict(
-                "the API key pepper vanished while starting",
-            ))?;
-        let pepper = master.unwrap(&context, &sealed)?;
+        let pepper = system_secret(store.as_ref(), master.as_ref(), PEPPER_NAME).await?;
         let tokens = tokens::TokenService::open(Arc::clone(&store), master, token_settings).await?;
         Ok(Self {
             cache: cache::TtlCache::new(settings.cache_ttl_ms),

@@ -375,7 +375,8 @@ pub fn validate_send(req: SendRequest) -> Result<ValidSend, Vec<FieldError>> {
         },
         client_ref: req.client_ref,
         ttl_seconds: ttl,
-        receipt: req.receipt.unwrap_or(true),
+        // Email success notices double the relay's mail: only when asked for.
+        receipt: req.receipt.unwrap_or(kind == ChannelKind::Sms),
     })
 }
 
@@ -477,9 +478,14 @@ mod tests {
             "header injection refused"
         );
         r.subject = Some("Reminder".into());
-        let v = validate_send(r).unwrap();
+        let v = validate_send(r.clone()).unwrap();
         assert_eq!(v.to, "Pat@example.org");
-        assert!(v.receipt);
+        assert!(
+            !v.receipt,
+            "email asks for success notices only when told to"
+        );
+        r.receipt = Some(true);
+        assert!(validate_send(r).unwrap().receipt);
         assert_eq!(v.ttl_seconds, DEFAULT_TTL_SECONDS);
     }
 

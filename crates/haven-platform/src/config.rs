@@ -288,6 +288,49 @@ fn default_enquire_link() -> u64 {
 #[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
     pub smtp: Option<SmtpRelayConfig>,
+    /// Asynchronous bounces: Haven's own SMTP listener that the relay sends delivery status
+    /// notifications (RFC 3464) to.
+    pub bounces: Option<BounceConfig>,
+}
+
+/// `[email.bounces]`: every email goes out with a per-message envelope sender under
+/// `domain` (`bounce+<message id>.<tag>@domain`), and DSNs sent back to it are read by a
+/// listener on `listen`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BounceConfig {
+    /// Where the bounce listener accepts SMTP (the relay's transport for `domain` points here).
+    pub listen: SocketAddr,
+    /// The envelope sender domain (a subdomain of the organisation's, routed to `listen`).
+    pub domain: String,
+    /// Source addresses allowed to connect; everyone else is refused at the greeting.
+    #[serde(default = "default_bounce_allow")]
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// Refuse `MAIL` before `STARTTLS` (a DSN names the recipient and repeats the headers).
+    #[serde(default = "default_require_tls")]
+    pub require_tls: bool,
+    /// Largest DSN taken (bytes); larger ones get `552`.
+    #[serde(default = "default_bounce_max_bytes")]
+    pub max_message_bytes: usize,
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[serde(default = "default_bounce_connections")]
+    pub max_connections: usize,
+}
+
+fn default_bounce_allow() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+fn default_require_tls() -> bool {
+    true
+}
+fn default_bounce_max_bytes() -> usize {
+    1 << 20
+}
+fn default_bounce_connections() -> usize {
+    32
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -989,6 +1032,44 @@ impl Config {
                 ));
             }
         }
+        if let Some(b) = &self.email.bounces {
+            if self.email.smtp.is_none() {
+                p.push(problem(
+                    "email.bounces",
+                    "needs [email.smtp]: bounces come back for mail Haven sends",
+                ));
+            }
+            if !is_dns_name(&b.domain) {
+                p.push(problem(
+                    "email.bounces.domain",
+                    "must be a DNS name such as bounces.clinic.example",
+                ));
+            }
+            if b.allow_from.is_empty() {
+                p.push(problem(
+                    "email.bounces.allow_from",
+                    "must list the relay's addresses",
+                ));
+            }
+            if !(16 * 1024..=64 << 20).contains(&b.max_message_bytes) {
+                p.push(problem(
+                    "email.bounces.max_message_bytes",
+                    "must be between 16384 and 67108864",
+                ));
+            }
+            if !(1..=1024).contains(&b.max_connections) {
+                p.push(problem(
+                    "email.bounces.max_connections",
+                    "must be between 1 and 1024",
+                ));
+            }
+            if b.listen == self.server.listen {
+                p.push(problem(
+                    "email.bounces.listen",
+                    "must differ from server.listen",
+                ));
+            }
+        }
     }
 
     /// The SQLite path or PostgreSQL URL in force.
@@ -1018,6 +1099,20 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Letters, digits and hyphens in dot-separated labels of 1 to 63 characters, at least two
+/// labels, 253 characters at most.
+fn is_dns_name(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    s.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 fn problem(path: &str, message: impl Into<String>) -> ConfigProblem {
@@ -1353,5 +1448,42 @@ mod tests {
         .unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(c.database_url(), "postgres://u:pw@db/haven");
         assert!(!c.to_redacted_toml().contains("pw@"));
+    }
+
+    #[test]
+    fn bounce_settings_are_checked() {
+        let load = |vars: &[(&str, &str)]| {
+            Config::load(None, env(vars), &CliOverrides::default())
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.path)
+                .collect::<Vec<_>>()
+        };
+        let good = load(&[
+            ("HAVEN_EMAIL__SMTP__HOST", "relay.test"),
+            ("HAVEN_EMAIL__SMTP__PORT", "25"),
+            ("HAVEN_EMAIL__BOUNCES__LISTEN", "127.0.0.1:2526"),
+            ("HAVEN_EMAIL__BOUNCES__DOMAIN", "bounces.clinic.example"),
+        ]);
+        assert!(good.is_empty(), "{good:?}");
+        let bad = load(&[
+            ("HAVEN_EMAIL__BOUNCES__LISTEN", "127.0.0.1:8443"),
+            ("HAVEN_EMAIL__BOUNCES__DOMAIN", "not a domain"),
+            ("HAVEN_EMAIL__BOUNCES__MAX_MESSAGE_BYTES", "10"),
+            ("HAVEN_EMAIL__BOUNCES__MAX_CONNECTIONS", "0"),
+        ]);
+        for path in [
+            "email.bounces",
+            "email.bounces.domain",
+            "email.bounces.max_message_bytes",
+            "email.bounces.max_connections",
+            "email.bounces.listen",
+        ] {
+            assert!(bad.iter().any(|p| p == path), "{path} missing from {bad:?}");
+        }
+        assert!(is_dns_name("a-b.example"));
+        assert!(!is_dns_name("example"));
+        assert!(!is_dns_name("-a.example"));
     }
 }

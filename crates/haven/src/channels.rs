@@ -80,10 +80,22 @@ fn smtp(c: &SmtpRelayConfig) -> Result<haven_email::SmtpConfig, AnyError> {
     Ok(s)
 }
 
+/// The name of the bounce address key among the server secrets.
+pub const BOUNCE_KEY_NAME: &str = "email_bounce_key";
+
+/// What the bounce listener needs beyond its configuration.
+pub struct BounceSetup {
+    /// The key that tags bounce addresses (a server secret, the same on every node).
+    pub key: [u8; 32],
+    /// The server certificate, offered as STARTTLS; `None` when TLS is off.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// The running carrier connections.
 pub struct Channels {
     sms: Option<Arc<haven_smpp::SmsChannel>>,
     email: Option<Arc<haven_email::EmailChannel>>,
+    bounces: Option<haven_email::bounce::BounceListener>,
 }
 
 impl Channels {
@@ -104,10 +116,15 @@ impl Channels {
     }
 
     /// Connects to every configured carrier and makes the channels available to `messaging`.
-    pub fn start(config: &Config, messaging: &Arc<Messaging>) -> Result<Channels, AnyError> {
+    pub fn start(
+        config: &Config,
+        messaging: &Arc<Messaging>,
+        bounce_setup: Option<BounceSetup>,
+    ) -> Result<Channels, AnyError> {
         let mut out = Channels {
             sms: None,
             email: None,
+            bounces: None,
         };
         if !config.sms.smsc.is_empty() {
             let configs = config
@@ -125,9 +142,35 @@ impl Channels {
             out.sms = Some(sms);
         }
         if let Some(c) = &config.email.smtp {
-            let email = Arc::new(
-                haven_email::EmailChannel::new(smtp(c)?).map_err(|e| format!("email.smtp: {e}"))?,
-            );
+            let mut channel =
+                haven_email::EmailChannel::new(smtp(c)?).map_err(|e| format!("email.smtp: {e}"))?;
+            if let (Some(b), Some(setup)) = (&config.email.bounces, bounce_setup) {
+                let addresses = haven_email::bounce::BounceAddresses::new(&setup.key, &b.domain);
+                channel = channel.with_bounces(addresses.clone());
+                let listener = haven_email::bounce::BounceListener::start(
+                    haven_email::bounce::BounceListenerConfig {
+                        route: c.name.clone(),
+                        listen: b.listen,
+                        allow_from: b.allow_from.clone(),
+                        tls: setup.tls,
+                        require_tls: b.require_tls,
+                        max_message_bytes: b.max_message_bytes,
+                        max_connections: b.max_connections,
+                        hostname: b.domain.clone(),
+                    },
+                    addresses,
+                    Arc::clone(messaging) as Arc<dyn haven_channel::InboundSink>,
+                )
+                .map_err(|e| match e {
+                    haven_email::bounce::BounceListenerError::TlsMissing => {
+                        "email.bounces.require_tls needs server.tls enabled (its certificate is offered as STARTTLS); or set require_tls = false".to_owned()
+                    }
+                    other => format!("email.bounces: {other}"),
+                })?;
+                tracing::info!(route = %c.name, listen = %listener.local_addr(), domain = %b.domain, "bounce listener started");
+                out.bounces = Some(listener);
+            }
+            let email = Arc::new(channel);
             messaging.attach_channel(Arc::clone(&email) as Arc<dyn haven_channel::Channel>);
             tracing::info!(route = %c.name, "email channel started");
             out.email = Some(email);
@@ -135,8 +178,9 @@ impl Channels {
         Ok(out)
     }
 
-    /// Unbinds from the SMSCs and closes relay connections.
-    pub async fn shutdown(&self) {
+    /// Stops taking bounces, unbinds from the SMSCs and closes relay connections.
+    pub async fn shutdown(&mut self) {
+        self.bounces = None;
         if let Some(s) = &self.sms {
             s.shutdown().await;
         }

@@ -23,6 +23,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn tls_acceptor(config: &Config) -> Result<TlsAcceptor, AnyError> {
+    let mut tls = tls_server_config(config)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// The server certificate, TLS 1.2 and 1.3: for HTTPS and the bounce listener's STARTTLS.
+fn tls_server_config(config: &Config) -> Result<rustls::ServerConfig, AnyError> {
     let (cert_path, key_path) = app::cert_paths(config);
     let certs = CertificateDer::pem_file_iter(&cert_path)
         .map_err(|e| format!("reading {}: {e}", cert_path.display()))?
@@ -31,12 +38,10 @@ fn tls_acceptor(config: &Config) -> Result<TlsAcceptor, AnyError> {
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| format!("reading {}: {e}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(tls)))
+        .with_single_cert(certs, key)?)
 }
 
 fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyError> {
@@ -80,7 +85,24 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         ),
     };
     let opened = app::prepare(&config, public_url.clone()).await?;
-    let channels = crate::channels::Channels::start(&config, &opened.messaging)?;
+    let bounces = match &config.email.bounces {
+        Some(_) => Some(crate::channels::BounceSetup {
+            key: haven_identity::system_secret(
+                opened.store.identity().as_ref(),
+                opened.master.as_ref(),
+                crate::channels::BOUNCE_KEY_NAME,
+            )
+            .await
+            .map_err(|e| format!("email.bounces: {e}"))?,
+            tls: if tls {
+                Some(Arc::new(tls_server_config(&config)?))
+            } else {
+                None
+            },
+        }),
+        None => None,
+    };
+    let mut channels = crate::channels::Channels::start(&config, &opened.messaging, bounces)?;
     let acceptor = if tls {
         Some(tls_acceptor(&config)?)
     } else {

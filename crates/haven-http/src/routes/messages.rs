@@ -128,7 +128,8 @@ pub struct SendMessage {
     /// How long Haven keeps trying to hand the message to a carrier, and how long the carrier
     /// may keep trying: 60 to 604800 seconds (default 86400).
     pub ttl_seconds: Option<u64>,
-    /// Ask the carrier for a delivery receipt (SMS; default true).
+    /// Ask the carrier for a delivery receipt. SMS: default true. Email: default false; true
+    /// asks the relay for a success notice (DSN) when bounce handling is configured.
     pub receipt: Option<bool>,
     /// `transactional` (default: reminders, codes, results; sent unless the recipient opted
     /// out) or `marketing` (needs the recipient's recorded opt-in).

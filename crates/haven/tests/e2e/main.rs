@@ -5,6 +5,7 @@ mod common;
 mod accounts;
 mod audit;
 mod bad_input;
+mod bounces;
 mod cli;
 mod cluster;
 mod encryption;

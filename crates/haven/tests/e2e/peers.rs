@@ -1,6 +1,7 @@
 //! Real third-party peers for the channel tests, started on 127.0.0.1 and stopped on drop:
-//! an SMSC (node-smpp, `tests/js/smsc.js`) and an SMTP relay (aiosmtpd,
-//! `tests/py/smtp_server.py`).
+//! an SMSC (node-smpp, `tests/js/smsc.js`), an SMTP relay (aiosmtpd,
+//! `tests/py/smtp_server.py`), and Postfix as a queueing relay that sends real delivery
+//! status notifications.
 
 use crate::common::{python, repo_root};
 use serde_json::Value;
@@ -202,21 +203,28 @@ pub struct SmtpRelay {
 
 impl SmtpRelay {
     pub fn start() -> SmtpRelay {
+        Self::spawn(true)
+    }
+
+    /// Plaintext, no AUTH: a recipient's mail server behind Postfix.
+    pub fn start_plain() -> SmtpRelay {
+        Self::spawn(false)
+    }
+
+    fn spawn(secure: bool) -> SmtpRelay {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let cert = test_cert(dir.path());
-        let mut child = Command::new(python())
-            .arg(repo_root().join("tests/py/smtp_server.py"))
-            .args([
-                "--port",
-                "0",
-                "--require-starttls",
-                "--auth",
-                "relay:relay-secret",
-            ])
-            .arg("--cert")
-            .arg(&cert.cert)
-            .arg("--key")
-            .arg(&cert.key)
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/py/smtp_server.py"))
+            .args(["--port", "0"]);
+        if secure {
+            cmd.args(["--require-starttls", "--auth", "relay:relay-secret"])
+                .arg("--cert")
+                .arg(&cert.cert)
+                .arg("--key")
+                .arg(&cert.key);
+        }
+        let mut child = cmd
             .arg("--dir")
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -261,6 +269,176 @@ impl SmtpRelay {
 
 impl Drop for SmtpRelay {
     fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process could take it first,
+/// which the tests accept).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
+}
+
+/// `program` as root: directly when the tests run as root, else through `sudo -n`
+/// (Postfix's master must start as root to drop to the postfix user).
+fn as_root(program: &str) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", program]);
+        c
+    }
+}
+
+const POSTFIX: &str = "/usr/sbin/postfix";
+
+/// A private Postfix instance (Debian's `postfix`, run from its own configuration and queue
+/// directory): takes mail from Haven with STARTTLS on `port`, relays it to `next_hop`, and
+/// mails delivery status notifications for `bounce_domain` to `bounce_port` (Haven's
+/// bounce listener), with opportunistic STARTTLS.
+pub struct Postfix {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub cert: TestCert,
+}
+
+impl Postfix {
+    pub fn start(next_hop: u16, bounce_domain: &str, bounce_port: u16) -> Postfix {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        // Postfix's daemons run as the postfix user: it must reach the queue.
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cert = test_cert(root);
+        for d in ["conf", "queue", "data"] {
+            std::fs::create_dir(root.join(d)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let chown = as_root("chown")
+            .arg("postfix")
+            .arg(root.join("data"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            chown,
+            "chown postfix: is Postfix installed (scripts/test installs it)?"
+        );
+        let port = free_port();
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {root}/queue\n\
+             data_directory = {root}/data\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             inet_protocols = ipv4\n\
+             inet_interfaces = loopback-only\n\
+             myhostname = relay.test\n\
+             mydestination =\n\
+             mynetworks = 127.0.0.0/8\n\
+             relayhost = [127.0.0.1]:{next_hop}\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject\n\
+             transport_maps = inline:{{{bounce_domain}=smtp:[127.0.0.1]:{bounce_port}}}\n\
+             alias_maps =\n\
+             local_recipient_maps =\n\
+             maillog_file_prefixes = {root}\n\
+             maillog_file = {root}/maillog\n\
+             smtpd_tls_security_level = may\n\
+             smtpd_tls_cert_file = {cert}\n\
+             smtpd_tls_key_file = {key}\n\
+             smtp_tls_security_level = may\n\
+             smtp_tls_loglevel = 1\n\
+             delay_warning_time = 0\n\
+             minimal_backoff_time = 1s\n\
+             maximal_backoff_time = 2s\n\
+             queue_run_delay = 1s\n\
+             smtp_connection_cache_on_demand = no\n",
+            root = root.display(),
+            cert = cert.cert.display(),
+            key = cert.key.display(),
+        );
+        std::fs::write(root.join("conf/main.cf"), main_cf).unwrap_or_else(|e| panic!("{e}"));
+        let master_cf = format!(
+            "127.0.0.1:{port} inet n - n - - smtpd\n\
+             pickup unix n - n 60 1 pickup\n\
+             cleanup unix n - n - 0 cleanup\n\
+             qmgr unix n - n 300 1 qmgr\n\
+             tlsmgr unix - - n 1000? 1 tlsmgr\n\
+             rewrite unix - - n - - trivial-rewrite\n\
+             bounce unix - - n - 0 bounce\n\
+             defer unix - - n - 0 bounce\n\
+             trace unix - - n - 0 bounce\n\
+             verify unix - - n - 1 verify\n\
+             flush unix n - n 1000? 0 flush\n\
+             proxymap unix - - n - - proxymap\n\
+             smtp unix - - n - - smtp\n\
+             relay unix - - n - - smtp\n\
+             showq unix n - n - - showq\n\
+             error unix - - n - - error\n\
+             retry unix - - n - - error\n\
+             discard unix - - n - - discard\n\
+             anvil unix - - n - 1 anvil\n\
+             scache unix - - n - 1 scache\n\
+             postlog unix-dgram n - n - 1 postlogd\n"
+        );
+        std::fs::write(root.join("conf/master.cf"), master_cf).unwrap_or_else(|e| panic!("{e}"));
+        let child = as_root(POSTFIX)
+            .arg("-c")
+            .arg(root.join("conf"))
+            .arg("start-fg")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("postfix: {e}"));
+        let p = Postfix {
+            child,
+            dir,
+            port,
+            cert,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Postfix did not start: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// Postfix's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// `[email.smtp]` for Haven: STARTTLS, trusting this instance's certificate.
+    pub fn config(&self) -> String {
+        format!(
+            "[email.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nca_file = \"{}\"\ntimeout_seconds = 10\n",
+            self.port,
+            self.cert.cert.display()
+        )
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = as_root(POSTFIX)
+            .arg("-c")
+            .arg(self.dir.path().join("conf"))
+            .arg("abort")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
