@@ -29,8 +29,26 @@ impl<T> std::fmt::Debug for Batcher<T> {
 }
 
 impl<T: Send + 'static> Batcher<T> {
-    /// Starts the writer task. `write` stores one batch in one transaction.
-    pub fn spawn<F, Fut>(max: usize, write: F) -> Self
+    /// Starts the writer task. `write` stores one batch in one transaction. `name` labels
+    /// the metrics `haven_group_commit_batch_size{batch}` and `haven_group_commit_seconds{batch}`.
+    pub fn spawn<F, Fut>(name: &'static str, max: usize, write: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = StoreResult<()>> + Send,
+    {
+        Self::spawn_paced(name, max, std::time::Duration::ZERO, write)
+    }
+
+    /// As [`Self::spawn`], but batches start at least `pace` apart: for background writes
+    /// (outcomes, receipts) that nobody waits on at the API, so they take the one write
+    /// connection less often, in bigger batches, and acceptance (which a caller waits on)
+    /// gets it sooner.
+    pub fn spawn_paced<F, Fut>(
+        name: &'static str,
+        max: usize,
+        pace: std::time::Duration,
+        write: F,
+    ) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = StoreResult<()>> + Send,
@@ -42,10 +60,17 @@ impl<T: Send + 'static> Batcher<T> {
             let mut buf = Vec::with_capacity(max);
             while rx.recv_many(&mut buf, max).await > 0 {
                 let (items, waiters): (Vec<T>, Vec<Waiter>) = buf.drain(..).unzip();
-                metrics::histogram!("haven_group_commit_batch_size").record(items.len() as f64);
+                metrics::histogram!("haven_group_commit_batch_size", "batch" => name)
+                    .record(items.len() as f64);
+                let started = std::time::Instant::now();
                 let result = write(items).await.map_err(|e| e.to_string());
+                metrics::histogram!("haven_group_commit_seconds", "batch" => name)
+                    .record(started.elapsed().as_secs_f64());
                 for w in waiters {
                     let _ = w.send(result.clone());
+                }
+                if !pace.is_zero() {
+                    tokio::time::sleep_until((started + pace).into()).await;
                 }
             }
         });
@@ -75,7 +100,7 @@ mod tests {
     async fn concurrent_items_share_batches() {
         let batches = Arc::new(Mutex::new(Vec::<usize>::new()));
         let seen = batches.clone();
-        let b = Batcher::spawn(64, move |items: Vec<u32>| {
+        let b = Batcher::spawn("test", 64, move |items: Vec<u32>| {
             let seen = seen.clone();
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -98,7 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_waiter() {
-        let b = Batcher::spawn(8, |_: Vec<u32>| async {
+        let b = Batcher::spawn("test", 8, |_: Vec<u32>| async {
             Err(StoreError::Backend("disk full".into()))
         });
         assert!(b.submit(1).await.is_err());

@@ -251,20 +251,34 @@ impl Messaging {
     ) -> Arc<Self> {
         let max = settings.batch_max;
         let s = store.clone();
-        let writer = Batcher::spawn(max, move |rows: Vec<(MessageRow, Option<OutboxEvent>)>| {
-            let s = s.clone();
-            async move { s.insert_messages(&rows).await }
-        });
+        let writer = Batcher::spawn(
+            "messages",
+            max,
+            move |rows: Vec<(MessageRow, Option<OutboxEvent>)>| {
+                let s = s.clone();
+                async move { s.insert_messages(&rows).await }
+            },
+        );
         let s = store.clone();
-        let receipt_writer = Batcher::spawn(max, move |rows: Vec<ReceiptRow>| {
-            let s = s.clone();
-            async move { s.insert_receipts(&rows).await }
-        });
+        let receipt_writer = Batcher::spawn_paced(
+            "receipts",
+            max,
+            pipeline::BACKGROUND_PACE,
+            move |rows: Vec<ReceiptRow>| {
+                let s = s.clone();
+                async move { s.insert_receipts(&rows).await }
+            },
+        );
         let s = store.clone();
-        let outcome_writer = Batcher::spawn(max, move |rows: Vec<store::Outcome>| {
-            let s = s.clone();
-            async move { s.record_outcomes(&rows).await }
-        });
+        let outcome_writer = Batcher::spawn_paced(
+            "outcomes",
+            max,
+            pipeline::BACKGROUND_PACE,
+            move |rows: Vec<store::Outcome>| {
+                let s = s.clone();
+                async move { s.record_outcomes(&rows).await }
+            },
+        );
         Arc::new(Self {
             limiter: RateLimiter::new(settings.rate_per_second, settings.burst),
             keywords: settings.keywords.clone(),

@@ -13,6 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// The shortest time between two background writes of one kind (claims, outcomes, receipt
+/// inserts, reconciliation). Nobody waits on them at the API; pacing them makes their batches
+/// bigger and leaves the write connection to acceptance more often.
+pub const BACKGROUND_PACE: Duration = Duration::from_millis(50);
+
 /// How long an unmatched receipt waits for its part before it is dropped.
 const RECEIPT_KEEP_MS: i64 = 24 * 3600 * 1000;
 
@@ -309,50 +314,60 @@ impl Messaging {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         loop {
             let free = permits.available_permits();
-            let mut claimed = 0;
-            if free > 0 {
-                let now = now_ms();
-                let lease_until = now + ms(self.settings.lease);
-                let limit = i64::try_from(free.min(self.settings.batch_max)).unwrap_or(1);
-                match self.store.claim_due(now, lease_until, limit).await {
-                    Ok(rows) => {
-                        claimed = rows.len();
-                        for row in rows {
-                            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                                return;
-                            };
-                            let me = Arc::clone(&self);
-                            tokio::spawn(async move {
-                                let id = row.id.clone();
-                                let workflow = row.workflow_id.is_some();
-                                let outcome = me.attempt(row).await;
-                                let wrote_event = !matches!(outcome, Outcome::Retry { .. });
-                                if let Err(e) = me.outcome_writer.submit(outcome).await {
-                                    // The lease runs out and the message is tried again.
-                                    tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
-                                } else if wrote_event {
-                                    me.events_written();
-                                    if workflow {
-                                        me.changed(std::slice::from_ref(&id)).await;
-                                    }
-                                }
-                                drop(permit);
-                                me.wake_sender.notify_one();
-                            });
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "claiming due messages failed"),
-                }
-            } else {
+            if free == 0 {
                 // Every permit is taken: wait for one to come back.
                 if let Ok(p) = Arc::clone(&permits).acquire_owned().await {
                     drop(p);
                 }
                 continue;
             }
-            if claimed == 0 {
+            let now = now_ms();
+            let lease_until = now + ms(self.settings.lease);
+            let limit = free.min(self.settings.batch_max);
+            let started = std::time::Instant::now();
+            let claim = self
+                .store
+                .claim_due(now, lease_until, i64::try_from(limit).unwrap_or(1))
+                .await;
+            metrics::histogram!("haven_message_claim_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let mut claimed = 0;
+            match claim {
+                Ok(rows) => {
+                    claimed = rows.len();
+                    metrics::histogram!("haven_message_claim_size").record(claimed as f64);
+                    for row in rows {
+                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                            return;
+                        };
+                        let me = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            let id = row.id.clone();
+                            let workflow = row.workflow_id.is_some();
+                            let outcome = me.attempt(row).await;
+                            let wrote_event = !matches!(outcome, Outcome::Retry { .. });
+                            if let Err(e) = me.outcome_writer.submit(outcome).await {
+                                // The lease runs out and the message is tried again.
+                                tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
+                            } else if wrote_event {
+                                me.events_written();
+                                if workflow {
+                                    me.changed(std::slice::from_ref(&id)).await;
+                                }
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming due messages failed"),
+            }
+            if claimed < limit {
+                // Everything due is out: wait for a new message or the poll (retries).
                 let _ = tokio::time::timeout(self.settings.poll, self.wake_sender.notified()).await;
             }
+            // Claims are background writes: at most one per pace, so under load each takes
+            // many messages and acceptance gets the write connection in between.
+            tokio::time::sleep_until((started + BACKGROUND_PACE).into()).await;
         }
     }
 
@@ -360,11 +375,14 @@ impl Messaging {
     pub async fn run_receipts(self: Arc<Self>) {
         loop {
             let limit = i64::try_from(self.settings.batch_max).unwrap_or(512);
-            let n = match self
+            let started = std::time::Instant::now();
+            let applied = self
                 .store
                 .apply_receipts(limit, now_ms() - RECEIPT_KEEP_MS, &decide)
-                .await
-            {
+                .await;
+            metrics::histogram!("haven_receipt_apply_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let n = match applied {
                 Ok((n, changed)) => {
                     if !changed.is_empty() {
                         self.events_written();
@@ -382,6 +400,7 @@ impl Messaging {
                     tokio::time::timeout(Duration::from_millis(250), self.wake_receipts.notified())
                         .await;
             }
+            tokio::time::sleep_until((started + BACKGROUND_PACE).into()).await;
         }
     }
 

@@ -16,6 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 4096;
 /// How long queued (not waited-for) events may wait for companions before they are written.
 const LINGER: Duration = Duration::from_millis(5);
+/// Batches of queued events start at least this far apart: under load each append carries
+/// more events and the one write connection is free more often for the changes callers wait
+/// on. A caller waiting for durability ends the wait at once.
+const PACE: Duration = Duration::from_millis(50);
 /// Events waiting for the writer before `record`/`enqueue` wait for room (back-pressure).
 const QUEUE: usize = 32_768;
 
@@ -48,11 +52,13 @@ impl BufferedAudit {
         let task = tokio::spawn(async move {
             let mut events = Vec::with_capacity(MAX_BATCH);
             let mut waiters = Vec::new();
+            let mut last_write = tokio::time::Instant::now() - PACE;
             while let Some(first) = rx.recv().await {
                 accept(first, &mut events, &mut waiters);
-                // Queued events linger briefly so that one commit carries many; a caller waiting
-                // for durability ends the linger at once.
-                let deadline = tokio::time::Instant::now() + LINGER;
+                // Queued events linger so that one commit carries many (at least LINGER, and
+                // until PACE after the last write began); a caller waiting for durability ends
+                // the linger at once.
+                let deadline = (tokio::time::Instant::now() + LINGER).max(last_write + PACE);
                 while events.len() < MAX_BATCH && waiters.is_empty() {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(item)) => accept(item, &mut events, &mut waiters),
@@ -66,6 +72,7 @@ impl BufferedAudit {
                     }
                 }
                 if !events.is_empty() {
+                    last_write = tokio::time::Instant::now();
                     write_until_done(store.as_ref(), &events).await;
                     events.clear();
                 }
@@ -418,37 +425,44 @@ impl SqliteStore {
         stored: &[StoredEvent],
         nodes: &[(NodeKey, Hash)],
     ) -> StoreResult<()> {
-        for chunk in stored.chunks(400) {
-            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(sql::AUDIT_INSERT_PREFIX);
-            qb.push_values(chunk, |mut b, e| {
-                b.push_bind(i(e.leaf_index))
-                    .push_bind(e.id.clone())
-                    .push_bind(e.at_ms)
-                    .push_bind(e.action.clone())
-                    .push_bind(e.outcome.clone())
-                    .push_bind(e.account_id.clone())
-                    .push_bind(e.credential_id.clone())
-                    .push_bind(e.auth_method.clone())
-                    .push_bind(e.source_addr.clone())
-                    .push_bind(e.user_agent.clone())
-                    .push_bind(e.resource_type.clone())
-                    .push_bind(e.resource_id.clone())
-                    .push_bind(e.reason.clone())
-                    .push_bind(e.request_id.clone())
-                    .push_bind(e.leaf.clone());
-            });
-            qb.build().execute(&mut **tx).await.map_err(backend)?;
-        }
-        for chunk in nodes.chunks(1000) {
-            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit_nodes (level, idx, hash) ",
+        // Power-of-two chunks: a few statement texts, each prepared once and cached.
+        for r in crate::bulk::chunks(stored.len()) {
+            let text = format!(
+                "{}VALUES {}",
+                sql::AUDIT_INSERT_PREFIX,
+                crate::bulk::values(crate::bulk::Ph::Question, r.len(), 15, 1, "")
             );
-            qb.push_values(chunk, |mut b, ((level, idx), hash)| {
-                b.push_bind(i64::from(*level))
-                    .push_bind(i(*idx))
-                    .push_bind(hash.to_vec());
-            });
-            qb.build().execute(&mut **tx).await.map_err(backend)?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+            for e in &stored[r] {
+                q = q
+                    .bind(i(e.leaf_index))
+                    .bind(&e.id)
+                    .bind(e.at_ms)
+                    .bind(&e.action)
+                    .bind(&e.outcome)
+                    .bind(&e.account_id)
+                    .bind(&e.credential_id)
+                    .bind(&e.auth_method)
+                    .bind(&e.source_addr)
+                    .bind(&e.user_agent)
+                    .bind(&e.resource_type)
+                    .bind(&e.resource_id)
+                    .bind(&e.reason)
+                    .bind(&e.request_id)
+                    .bind(&e.leaf);
+            }
+            q.execute(&mut **tx).await.map_err(backend)?;
+        }
+        for r in crate::bulk::chunks(nodes.len()) {
+            let text = format!(
+                "INSERT INTO audit_nodes (level, idx, hash) VALUES {}",
+                crate::bulk::values(crate::bulk::Ph::Question, r.len(), 3, 1, "")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+            for ((level, idx), hash) in &nodes[r] {
+                q = q.bind(i64::from(*level)).bind(i(*idx)).bind(hash.to_vec());
+            }
+            q.execute(&mut **tx).await.map_err(backend)?;
         }
         Ok(())
     }

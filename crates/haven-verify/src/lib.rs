@@ -242,15 +242,23 @@ impl Verifier {
         settings: VerifySettings,
     ) -> Arc<Self> {
         let s = Arc::clone(&store);
-        let inserter = Batcher::spawn(256, move |items: Vec<store::NewVerification>| {
-            let s = Arc::clone(&s);
-            async move { s.insert_verifications(&items).await }
-        });
+        let inserter = Batcher::spawn(
+            "verifications",
+            256,
+            move |items: Vec<store::NewVerification>| {
+                let s = Arc::clone(&s);
+                async move { s.insert_verifications(&items).await }
+            },
+        );
         let s = Arc::clone(&store);
-        let finisher = Batcher::spawn(256, move |items: Vec<store::Progress>| {
-            let s = Arc::clone(&s);
-            async move { s.save_progress(&items).await }
-        });
+        let finisher = Batcher::spawn(
+            "verification_progress",
+            256,
+            move |items: Vec<store::Progress>| {
+                let s = Arc::clone(&s);
+                async move { s.save_progress(&items).await }
+            },
+        );
         Arc::new(Self {
             inserter,
             finisher,
