@@ -7,7 +7,7 @@
 
 use crate::both_backends;
 use crate::common::{Backend, python};
-use crate::messages::{get_message, post_message, register, start, wait_status};
+use crate::messages::{get_message, post_message, register, start, until, wait_status};
 use crate::peers::{Postfix, SmtpRelay, free_port};
 use crate::webhooks::{Receiver, accepted, endpoint};
 use serde_json::{Value, json};
@@ -55,14 +55,6 @@ fn smtp_client(port: u16, mode: &str, rcpt: &str, body: Option<&str>) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn bounces_come_back_as_failures_and_receipts(backend: Backend) {

@@ -392,7 +392,7 @@ fn count(m: &Arc<Mutex<BTreeMap<String, String>>>) -> usize {
     m.lock().map(|a| a.len()).unwrap_or(0)
 }
 
-async fn until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
