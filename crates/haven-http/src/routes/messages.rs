@@ -102,8 +102,8 @@ pub struct MessageList {
     pub next_cursor: Option<String>,
 }
 
-/// A message to send.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A message to send. Its `Debug` shows the channel only: the rest is PHI.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// `sms` or `email`.
@@ -144,8 +144,17 @@ pub struct SendMessage {
     pub timezone: Option<String>,
 }
 
-/// Which template to send, and its parameters.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+impl std::fmt::Debug for SendMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendMessage")
+            .field("channel", &self.channel)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which template to send, and its parameters. Its `Debug` leaves the parameters out.
+#[derive(Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateUse {
     #[schema(example = "tpl_01jd3k2m4n5p6q7r8s9t0v1w2x")]
@@ -154,6 +163,14 @@ pub struct TemplateUse {
     /// are escaped.
     #[serde(default)]
     pub parameters: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for TemplateUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemplateUse")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SendMessage {
@@ -506,4 +523,25 @@ pub async fn search_consents(
             .consents(&auth.principal, &b.channel, &b.address)
             .await?,
     )))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_phi() {
+        let m: SendMessage = serde_json::from_value(serde_json::json!({
+            "channel": "sms", "to": "+14155550100", "from": "+14155550199",
+            "text": "MARKER-TEXT", "client_ref": "MARKER-REF",
+            "template": {"id": "tpl_1", "parameters": {"name": "MARKER-NAME"}}
+        }))
+        .unwrap();
+        let shown = format!("{m:?}");
+        assert!(shown.contains("sms") && shown.contains("tpl_1"), "{shown}");
+        for phi in ["4155550100", "MARKER"] {
+            assert!(!shown.contains(phi), "{shown}");
+        }
+    }
 }
