@@ -55,13 +55,12 @@ pub struct StoredEvent {
     pub resource_id: Option<String>,
     pub reason: Option<String>,
     pub request_id: Option<String>,
-    pub leaf: Vec<u8>,
 }
 
 impl StoredEvent {
     pub fn from_event(e: &AuditEvent, index: u64) -> Self {
         let source = e.actor.source_addr.map(|a| a.to_string());
-        let mut s = Self {
+        Self {
             leaf_index: index,
             id: e.id.clone(),
             at_ms: e.at_ms,
@@ -76,14 +75,13 @@ impl StoredEvent {
             resource_id: e.resource_id.clone(),
             reason: e.reason.map(str::to_owned),
             request_id: e.actor.request_id.clone(),
-            leaf: Vec::new(),
-        };
-        s.leaf = s.expected_leaf();
-        s
+        }
     }
 
-    /// The leaf bytes these columns must hash to.
-    pub fn expected_leaf(&self) -> Vec<u8> {
+    /// The leaf bytes: the canonical serialization of these columns, which the tree's level-0
+    /// node commits to. Never stored (the columns are); recomputed wherever it is needed, so a
+    /// changed column cannot hide behind an unchanged copy.
+    pub fn leaf(&self) -> Vec<u8> {
         let leaf = Leaf {
             v: 1,
             index: self.leaf_index,
@@ -120,7 +118,10 @@ pub fn plan_append(
         .enumerate()
         .map(|(i, e)| StoredEvent::from_event(e, size + i as u64))
         .collect();
-    let leaves: Vec<Hash> = stored.iter().map(|s| merkle::leaf_hash(&s.leaf)).collect();
+    let leaves: Vec<Hash> = stored
+        .iter()
+        .map(|s| merkle::leaf_hash(&s.leaf()))
+        .collect();
     let nodes = merkle::append(size, frontier, &leaves)
         .ok_or_else(|| StoreError::Backend("audit tree frontier is incomplete".into()))?;
     Ok((stored, nodes))
@@ -351,7 +352,9 @@ impl AuditLog {
         // size as well (those were never committed: inserted).
         let mut cursor = 0u64;
         const PAGE: u32 = 5000;
+        const MAX_REORDER_CANDIDATES: usize = 256;
         let mut below_boundary = Vec::new();
+        let mut mismatched: Vec<(usize, StoredEvent)> = Vec::new();
         loop {
             let rows = self.store.scan(cursor, PAGE).await?;
             let Some(last) = rows.last().map(|r| r.leaf_index) else {
@@ -389,26 +392,39 @@ impl AuditLog {
                     );
                     expected += 1;
                 }
-                let claimed_index = serde_json::from_slice::<serde_json::Value>(&row.leaf)
-                    .ok()
-                    .and_then(|v| v["index"].as_u64());
-                let hash = merkle::leaf_hash(&row.leaf);
-                if claimed_index != Some(row.leaf_index) {
-                    problems.push(Problem::Reordered {
-                        id: row.id.clone(),
-                        index: row.leaf_index,
-                        claimed: claimed_index,
-                    });
-                } else if row.expected_leaf() != row.leaf
-                    || stored_leaves.get(&(0, row.leaf_index)) != Some(&hash)
-                {
+                let index = row.leaf_index;
+                let hash = merkle::leaf_hash(&row.leaf());
+                if stored_leaves.get(&(0, index)) != Some(&hash) {
                     problems.push(Problem::Altered {
                         id: row.id.clone(),
-                        index: row.leaf_index,
+                        index,
                     });
+                    if mismatched.len() < MAX_REORDER_CANDIDATES {
+                        mismatched.push((problems.len() - 1, row));
+                    }
                 }
                 leaves.push(hash);
-                expected = row.leaf_index + 1;
+                expected = index + 1;
+            }
+            // An event that fails at its own index but matches the tree at another mismatching
+            // index of this page was moved there: say so rather than "altered".
+            let indices: Vec<u64> = mismatched.iter().map(|(_, r)| r.leaf_index).collect();
+            for (pos, row) in mismatched.drain(..) {
+                let claimed = indices.iter().copied().find(|&j| {
+                    if j == row.leaf_index {
+                        return false;
+                    }
+                    let mut moved = row.clone();
+                    moved.leaf_index = j;
+                    stored_leaves.get(&(0, j)) == Some(&merkle::leaf_hash(&moved.leaf()))
+                });
+                if let Some(claimed) = claimed {
+                    problems[pos] = Problem::Reordered {
+                        id: row.id,
+                        index: row.leaf_index,
+                        claimed: Some(claimed),
+                    };
+                }
             }
             progress(expected.min(size), size);
         }
@@ -416,7 +432,7 @@ impl AuditLog {
         // back is harmless; a forged one is not).
         for row in below_boundary {
             let committed = leaves.get(row.leaf_index as usize);
-            if committed != Some(&merkle::leaf_hash(&row.leaf)) || row.expected_leaf() != row.leaf {
+            if committed != Some(&merkle::leaf_hash(&row.leaf())) {
                 problems.push(Problem::Altered {
                     id: row.id,
                     index: row.leaf_index,

@@ -5,6 +5,7 @@
 pub mod extract;
 pub mod idempotency;
 pub mod problem;
+mod request_metrics;
 pub mod routes;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -265,10 +266,7 @@ async fn context(State(st): State<Arc<AppState>>, mut req: Request, next: Next) 
         principal: Arc::clone(&principal),
     };
     req.extensions_mut().insert(ctx);
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let timeout = st.settings.request_timeout;
     let mut res = problem::REQUEST_ID
@@ -307,15 +305,8 @@ async fn context(State(st): State<Arc<AppState>>, mut req: Request, next: Next) 
         h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
     }
     let elapsed = started.elapsed();
-    let route_label = route.unwrap_or_else(|| "unmatched".to_owned());
-    let labels = [
-        ("method", method.to_string()),
-        ("route", route_label.clone()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("haven_http_requests_total", &labels).increment(1);
-    metrics::histogram!("haven_http_request_duration_seconds", &labels[..2])
-        .record(elapsed.as_secs_f64());
+    let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    request_metrics::record(&method, route_label, status, elapsed.as_secs_f64());
     let (account, credential) = principal.get().cloned().unwrap_or_default();
     tracing::info!(
         target: "haven::access",

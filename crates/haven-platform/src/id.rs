@@ -16,13 +16,49 @@ pub fn new_id(prefix: &str) -> String {
 /// A new id whose time part is `ms`, for a record whose id must sort by its own timestamp.
 pub fn new_id_at(prefix: &str, ms: i64) -> String {
     let mut raw = [0u8; 16];
-    // The system CSPRNG failing is unrecoverable for a security product; fall back to zeros would
-    // create guessable ids, so abort loudly instead.
-    #[allow(clippy::expect_used)]
-    SystemRandom::new()
-        .fill(&mut raw[6..])
-        .expect("system random number generator failed");
+    random_bytes(&mut raw[6..]);
     encode(prefix, ms, raw)
+}
+
+/// Random bytes for ids, drawn from the system CSPRNG a block at a time: every request makes at
+/// least two ids (its request id and its audit event's), and a CSPRNG call per id (which mixes
+/// in fresh hardware entropy each time) cost more than the rest of id making. The block lives
+/// only in this thread and each byte is handed out once. Ids must be unguessable, not secret;
+/// secrets (API key secrets, keys) never come from here.
+fn random_bytes(out: &mut [u8]) {
+    const BLOCK: usize = 4000;
+    struct Pool {
+        bytes: [u8; BLOCK],
+        used: usize,
+    }
+    thread_local! {
+        static POOL: std::cell::RefCell<Pool> = const {
+            std::cell::RefCell::new(Pool { bytes: [0; BLOCK], used: BLOCK })
+        };
+    }
+    // The system CSPRNG failing is unrecoverable for a security product; falling back to zeros
+    // would create guessable ids, so abort loudly instead.
+    #[allow(clippy::expect_used)]
+    fn fill(buf: &mut [u8]) {
+        SystemRandom::new()
+            .fill(buf)
+            .expect("system random number generator failed");
+    }
+    if out.len() > BLOCK {
+        return fill(out);
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.used + out.len() > BLOCK {
+            fill(&mut pool.bytes);
+            pool.used = 0;
+        }
+        let start = pool.used;
+        out.copy_from_slice(&pool.bytes[start..start + out.len()]);
+        // Handed out once: wipe what was taken.
+        pool.bytes[start..start + out.len()].fill(0);
+        pool.used += out.len();
+    });
 }
 
 /// The smallest id with this prefix made at or after `ms`: a time range as an id range.
@@ -71,6 +107,19 @@ mod tests {
         assert!(!is_valid("hk", &a));
         assert!(!is_valid("acc", "acc_' OR 1=1 --"));
         assert!(!is_valid("acc", "acc_"));
+    }
+
+    #[test]
+    fn ids_stay_unique_across_pool_refills_and_threads() {
+        let make = || (0..2000).map(|_| new_id_at("req", 0)).collect::<Vec<_>>();
+        let other = std::thread::spawn(make);
+        let mut all = make();
+        all.extend(other.join().unwrap_or_default());
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "an id repeated");
+        assert_eq!(n, 4000);
     }
 
     #[test]

@@ -170,7 +170,6 @@ where
         resource_id: r.try_get("resource_id").map_err(backend)?,
         reason: r.try_get("reason").map_err(backend)?,
         request_id: r.try_get("request_id").map_err(backend)?,
-        leaf: r.try_get("leaf").map_err(backend)?,
     })
 }
 
@@ -224,8 +223,8 @@ macro_rules! impl_audit_store {
                 let frontier =
                     Self::fetch_nodes(&mut *tx, &haven_audit::merkle::frontier(size)).await?;
                 let (stored, nodes) = haven_audit::plan_append(size, &frontier, events)?;
-                Self::insert_leaves(&mut tx, &stored, &nodes).await?;
                 let new_size = size + stored.len() as u64;
+                Self::insert_leaves(&mut tx, stored, &nodes).await?;
                 sqlx::query(sql::AUDIT_SET_SIZE)
                     .bind(i(new_size))
                     .execute(&mut *tx)
@@ -422,34 +421,36 @@ impl SqliteStore {
     /// Multi-row inserts: SQLite parses them quickly and sqlx caches each shape.
     async fn insert_leaves(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        stored: &[StoredEvent],
+        stored: Vec<StoredEvent>,
         nodes: &[(NodeKey, Hash)],
     ) -> StoreResult<()> {
-        // Power-of-two chunks: a few statement texts, each prepared once and cached.
-        for r in crate::bulk::chunks(stored.len()) {
+        // Power-of-two chunks: a few statement texts, each prepared once and cached. Values are
+        // moved into the arguments (binding a reference would copy every string once more).
+        let chunks = crate::bulk::chunks(stored.len());
+        let mut events = stored.into_iter();
+        for r in chunks {
             let text = format!(
                 "{}VALUES {}",
                 sql::AUDIT_INSERT_PREFIX,
-                crate::bulk::values(crate::bulk::Ph::Question, r.len(), 15, 1, "")
+                crate::bulk::values(crate::bulk::Ph::Question, r.len(), 14, 1, "")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-            for e in &stored[r] {
+            for e in events.by_ref().take(r.len()) {
                 q = q
                     .bind(i(e.leaf_index))
-                    .bind(&e.id)
+                    .bind(e.id)
                     .bind(e.at_ms)
-                    .bind(&e.action)
-                    .bind(&e.outcome)
-                    .bind(&e.account_id)
-                    .bind(&e.credential_id)
-                    .bind(&e.auth_method)
-                    .bind(&e.source_addr)
-                    .bind(&e.user_agent)
-                    .bind(&e.resource_type)
-                    .bind(&e.resource_id)
-                    .bind(&e.reason)
-                    .bind(&e.request_id)
-                    .bind(&e.leaf);
+                    .bind(e.action)
+                    .bind(e.outcome)
+                    .bind(e.account_id)
+                    .bind(e.credential_id)
+                    .bind(e.auth_method)
+                    .bind(e.source_addr)
+                    .bind(e.user_agent)
+                    .bind(e.resource_type)
+                    .bind(e.resource_id)
+                    .bind(e.reason)
+                    .bind(e.request_id);
             }
             q.execute(&mut **tx).await.map_err(backend)?;
         }
@@ -473,7 +474,7 @@ impl PgStore {
     /// the batch size (multi-row VALUES with thousands of parameters is re-planned every time).
     async fn insert_leaves(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        stored: &[StoredEvent],
+        stored: Vec<StoredEvent>,
         nodes: &[(NodeKey, Hash)],
     ) -> StoreResult<()> {
         let col = |f: fn(&StoredEvent) -> Option<String>| {
@@ -504,12 +505,6 @@ impl PgStore {
             .bind(col(|e| e.resource_id.clone()))
             .bind(col(|e| e.reason.clone()))
             .bind(col(|e| e.request_id.clone()))
-            .bind(
-                stored
-                    .iter()
-                    .map(|e| e.leaf.clone())
-                    .collect::<Vec<Vec<u8>>>(),
-            )
             .execute(&mut **tx)
             .await
             .map_err(backend)?;

@@ -58,13 +58,20 @@ impl Store {
     /// Connects and applies pending migrations. Refuses a database that a newer Haven migrated
     /// (migrations only run forward).
     pub async fn open(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
-        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Store::Postgres(PgStore::connect(url, opts).await?)
-        } else {
-            Store::Sqlite(SqliteStore::connect(url, opts).await?)
-        };
+        let store = Self::open_unmigrated(url, opts).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Connects without running migrations (for `haven migrate`, which reports what it applied).
+    pub async fn open_unmigrated(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
+        Ok(
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                Store::Postgres(PgStore::connect(url, opts).await?)
+            } else {
+                Store::Sqlite(SqliteStore::connect(url, opts).await?)
+            },
+        )
     }
 
     pub async fn migrate(&self) -> StoreResult<Vec<i64>> {
@@ -217,13 +224,18 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             // Deleted content (a destroyed subject key) is overwritten, not left in free pages.
             .pragma("secure_delete", "ON");
+        // No ping before handing a connection out: an in-process SQLite connection cannot have
+        // gone away, and the ping is one more trip to the connection's thread per acquire (sqlx
+        // still checks each connection when it comes back).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(base.clone().create_if_missing(true))
             .await
             .map_err(backend)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(opts.max_connections.max(2))
+            .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
             .map_err(backend)?;

@@ -78,21 +78,21 @@ pub const IDEM_ABANDON: &str =
     "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 AND status IS NULL";
 
 pub const AUDIT_INSERT_PREFIX: &str = "INSERT INTO audit_log (leaf_index, event_id, at_ms, action, outcome, account_id, \
-     credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf) ";
+     credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id) ";
 #[cfg(test)]
 const AUDIT_COLS: &str = "leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, source_addr, \
-     user_agent, resource_type, resource_id, reason, request_id, leaf";
+     user_agent, resource_type, resource_id, reason, request_id";
 pub const AUDIT_SELECT: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
-     source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM audit_log";
+     source_addr, user_agent, resource_type, resource_id, reason, request_id FROM audit_log";
 pub const AUDIT_EVENT: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
-     source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM audit_log WHERE event_id = $1";
+     source_addr, user_agent, resource_type, resource_id, reason, request_id FROM audit_log WHERE event_id = $1";
 pub const AUDIT_SCAN: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
-     source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf FROM audit_log \
+     source_addr, user_agent, resource_type, resource_id, reason, request_id FROM audit_log \
      WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2";
 pub const AUDIT_INSERT_UNNEST: &str = "INSERT INTO audit_log (leaf_index, event_id, at_ms, action, outcome, account_id, \
-     credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id, leaf) \
+     credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id) \
      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bytea[])";
+     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])";
 pub const AUDIT_NODES_UNNEST: &str = "INSERT INTO audit_nodes (level, idx, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])";
 pub const AUDIT_LEAF_HASHES: &str =
     "SELECT hash FROM audit_nodes WHERE level = 0 AND idx >= $1 AND idx < $2 ORDER BY idx";

@@ -347,7 +347,7 @@ pub async fn migrate(config: &Config) -> Result<(), AnyError> {
         sqlite_synchronous: config.database.sqlite_synchronous,
     };
     ensure_data_dir(&config.data_dir)?;
-    let store = Store::open(&config.database_url(), &opts).await?;
+    let store = Store::open_unmigrated(&config.database_url(), &opts).await?;
     let applied = store.migrate().await?;
     println!(
         "{} database is up to date ({} migration(s) applied now).",
@@ -778,7 +778,8 @@ async fn export(
             if since.is_some_and(|s| e.at_ms < s) || until.is_some_and(|u| e.at_ms >= u) {
                 continue;
             }
-            let hash = haven_audit::b64(&haven_audit::merkle::leaf_hash(&e.leaf));
+            let leaf = e.leaf();
+            let hash = haven_audit::b64(&haven_audit::merkle::leaf_hash(&leaf));
             let time = haven_platform::clock::to_rfc3339(e.at_ms);
             match format {
                 ExportFormat::Jsonl => {
@@ -787,7 +788,7 @@ async fn export(
                         "account_id": e.account_id, "credential_id": e.credential_id, "auth_method": e.auth_method,
                         "source_addr": e.source_addr, "user_agent": e.user_agent, "resource_type": e.resource_type,
                         "resource_id": e.resource_id, "reason": e.reason, "request_id": e.request_id,
-                        "leaf": haven_audit::b64(&e.leaf), "leaf_hash": hash,
+                        "leaf": haven_audit::b64(&leaf), "leaf_hash": hash,
                     });
                     writeln!(out, "{line}")?;
                 }

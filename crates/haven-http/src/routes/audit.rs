@@ -235,11 +235,12 @@ pub async fn event_proof(
         return Err(AuditError::NotFound.into());
     }
     let proof = st.audit.inclusion(event, q.tree_size).await?;
+    let leaf = b64(&proof.event.leaf());
     Ok(Json(InclusionProofView {
         event_id: proof.event.id,
         leaf_index: proof.event.leaf_index,
         tree_size: proof.tree_size,
-        leaf: b64(&proof.event.leaf),
+        leaf,
         audit_path: proof.audit_path.iter().map(|h| b64(h)).collect(),
     }))
 }

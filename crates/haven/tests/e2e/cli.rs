@@ -75,6 +75,16 @@ async fn init_migrate_and_operator_commands() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let dir = tmp.path().join("data");
     let url = format!("sqlite://{}", dir.join("haven.db").display());
+    // `migrate` on an empty database reports what it applied; run again, nothing.
+    let out = haven_cli(&dir, &url, &["migrate"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("up to date") && !said.contains("(0 migration"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = haven_cli(&dir, &url, &["migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(0 migration(s) applied now)"));
     let out = haven_cli(&dir, &url, &["init"]);
     assert!(
         out.status.success(),
