@@ -300,7 +300,11 @@ impl Backoff {
     }
 }
 
-/// deliver_sm handled at once per connection; beyond that the SMSC is asked to redeliver.
+/// deliver_sm handled at once per connection, at least: the connection's `window` when that is
+/// larger. Beyond it the SMSC is asked to redeliver. Each deliver_sm waits for its group commit
+/// before its answer, so this bounds how many receipts a second a connection can take: receipts
+/// come back at the rate submits go out, and a smaller inbound than outbound window made a busy
+/// SMSC's receipts queue up behind refusals.
 const INBOUND_CONCURRENCY: usize = 128;
 
 struct Shared {
@@ -402,7 +406,7 @@ impl Smsc {
             in_flight: AtomicUsize::new(0),
             detail: Mutex::new("starting".into()),
             shutdown: watch::channel(false).0,
-            inbound: Arc::new(Semaphore::new(INBOUND_CONCURRENCY)),
+            inbound: Arc::new(Semaphore::new(window.max(INBOUND_CONCURRENCY))),
         });
         shared.set_connected(None);
         shared.in_flight_add(0);

@@ -212,7 +212,8 @@ macro_rules! impl_audit_store {
         #[async_trait::async_trait]
         impl AuditStore for $store {
             async fn append(&self, events: &[AuditEvent]) -> StoreResult<u64> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 // Serializes appends: the state row is locked until commit (PostgreSQL); SQLite
                 // has one writer.
                 let (size,): (i64,) = sqlx::query_as($lock_state)
@@ -236,7 +237,7 @@ macro_rules! impl_audit_store {
 
             async fn tree_size(&self) -> StoreResult<u64> {
                 let (n,): (i64,) = sqlx::query_as(sql::AUDIT_SIZE)
-                    .fetch_one(self.w())
+                    .fetch_one(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(u(n))
@@ -245,7 +246,7 @@ macro_rules! impl_audit_store {
             async fn nodes(&self, keys: &[NodeKey]) -> StoreResult<HashMap<NodeKey, Hash>> {
                 let mut out = HashMap::new();
                 for chunk in keys.chunks(400) {
-                    out.extend(Self::fetch_nodes(self.w(), chunk).await?);
+                    out.extend(Self::fetch_nodes(&mut *self.wc().await?, chunk).await?);
                 }
                 Ok(out)
             }
@@ -253,7 +254,7 @@ macro_rules! impl_audit_store {
             async fn latest_tree_head(&self) -> StoreResult<Option<TreeHead>> {
                 let row: Option<(i64, i64, Vec<u8>, Vec<u8>)> =
                     sqlx::query_as(sql::AUDIT_LATEST_HEAD)
-                        .fetch_optional(self.w())
+                        .fetch_optional(&mut *self.wc().await?)
                         .await
                         .map_err(backend)?;
                 row.map(|(s, t, r, sig)| {
@@ -269,7 +270,7 @@ macro_rules! impl_audit_store {
 
             async fn tree_heads(&self) -> StoreResult<Vec<TreeHead>> {
                 let rows: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(sql::AUDIT_HEADS)
-                    .fetch_all(self.w())
+                    .fetch_all(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 rows.into_iter()
@@ -290,7 +291,7 @@ macro_rules! impl_audit_store {
                     .bind(h.timestamp_ms)
                     .bind(h.root_hash.to_vec())
                     .bind(&h.signature)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -383,7 +384,8 @@ macro_rules! impl_audit_store {
             }
 
             async fn prune(&self, before_ms: i64) -> StoreResult<(u64, u64)> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let (boundary,): (i64,) = sqlx::query_as(sql::AUDIT_PRUNE_BOUNDARY)
                     .bind(before_ms)
                     .fetch_one(&mut *tx)

@@ -51,7 +51,8 @@ macro_rules! impl_dispatch_store {
         #[async_trait::async_trait]
         impl DispatchStore for $store {
             async fn insert_dispatch(&self, d: &DispatchRow, steps: &[StepRow]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::INSERT_DISPATCH)
                     .bind(&d.id)
                     .bind(&d.account_id)
@@ -137,7 +138,7 @@ macro_rules! impl_dispatch_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(self.w())
+                    .fetch_all(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::dispatch_row).collect()
@@ -145,7 +146,8 @@ macro_rules! impl_dispatch_store {
 
             async fn advance_dispatch(&self, a: &Advance) -> StoreResult<bool> {
                 let d = &a.row;
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let done = sqlx::query(sql::ADVANCE_DISPATCH)
                     .bind(&d.status)
                     .bind(d.current_step)
@@ -190,7 +192,8 @@ macro_rules! impl_dispatch_store {
                 at_ms: i64,
                 event: &OutboxEvent,
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let done = sqlx::query(sql::CANCEL_DISPATCH)
                     .bind(at_ms)
                     .bind(id)
@@ -217,7 +220,7 @@ macro_rules! impl_dispatch_store {
                 let r = sqlx::query($nudge)
                     .bind(now_ms)
                     .bind(list)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(r.rows_affected())
@@ -237,7 +240,7 @@ macro_rules! impl_dispatch_store {
                     .bind(channel)
                     .bind(sender_id)
                     .bind(peer_bidx)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(r.rows_affected())

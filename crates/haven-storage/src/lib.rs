@@ -25,7 +25,7 @@ use haven_platform::store::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous as Sync_,
 };
 use std::str::FromStr;
@@ -81,7 +81,7 @@ impl Store {
         };
         let before = self.applied_versions().await.unwrap_or_default();
         let result = match self {
-            Store::Sqlite(s) => migrator.run(&s.writer).await,
+            Store::Sqlite(s) => migrator.run(&mut *s.wc().await?).await,
             Store::Postgres(p) => migrator.run(&p.pool).await,
         };
         result.map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
@@ -193,7 +193,9 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => {
-                s.writer.close().await;
+                if let Some(conn) = s.writer.lock().await.take() {
+                    let _ = sqlx::Connection::close(conn).await;
+                }
                 s.reader.close().await;
             }
             Store::Postgres(p) => p.pool.close().await,
@@ -203,11 +205,22 @@ impl Store {
 
 /// SQLite in WAL mode: one writer connection (SQLite allows one writer at a time; a single
 /// connection avoids lock contention entirely) and a pool of readers.
+///
+/// The writer is a plain connection behind a fair (first come, first served) async mutex rather
+/// than a pool of one: a pool hands its connection back by spawning a task that pings it first,
+/// so every hand-off between the several group-commit writers cost a trip through the request
+/// runtime's queue and one through SQLite's thread while everyone else waited. The mutex hands
+/// it straight to the next waiter. (A transaction dropped half-way still rolls back: sqlx queues
+/// the rollback on the connection, ahead of the next holder's first statement.)
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
     reader: SqlitePool,
 }
+
+/// How long a writer waits for the SQLite write connection before giving up (sqlx's pool
+/// default acquire timeout, which the pool of one used to apply).
+const WRITER_WAIT: Duration = Duration::from_secs(30);
 
 impl SqliteStore {
     async fn connect(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
@@ -224,28 +237,35 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             // Deleted content (a destroyed subject key) is overwritten, not left in free pages.
             .pragma("secure_delete", "ON");
-        // No ping before handing a connection out: an in-process SQLite connection cannot have
-        // gone away, and the ping is one more trip to the connection's thread per acquire (sqlx
-        // still checks each connection when it comes back).
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(base.clone().create_if_missing(true))
+        let writer = sqlx::ConnectOptions::connect(&base.clone().create_if_missing(true))
             .await
             .map_err(backend)?;
+        // No ping before handing a reader out: an in-process SQLite connection cannot have gone
+        // away, and the ping is one more trip to the connection's thread per acquire (sqlx
+        // still checks each connection when it comes back).
         let reader = SqlitePoolOptions::new()
             .max_connections(opts.max_connections.max(2))
             .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
             .map_err(backend)?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            reader,
+        })
     }
     fn r(&self) -> &SqlitePool {
         &self.reader
     }
-    fn w(&self) -> &SqlitePool {
-        &self.writer
+    /// The write connection, once every earlier caller is done with it.
+    async fn wc(&self) -> StoreResult<tokio::sync::MappedMutexGuard<'_, SqliteConnection>> {
+        let guard = tokio::time::timeout(WRITER_WAIT, self.writer.lock())
+            .await
+            .map_err(|_| {
+                StoreError::Backend("timed out waiting for the SQLite write connection".into())
+            })?;
+        tokio::sync::MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| StoreError::Backend("the store is closed".into()))
     }
 }
 
@@ -271,8 +291,9 @@ impl PgStore {
     fn r(&self) -> &PgPool {
         &self.pool
     }
-    fn w(&self) -> &PgPool {
-        &self.pool
+    /// A connection for writes (the same pool as reads: PostgreSQL orders writers itself).
+    async fn wc(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.pool.acquire().await.map_err(backend)
     }
 }
 
@@ -322,7 +343,8 @@ macro_rules! impl_stores {
         #[async_trait::async_trait]
         impl IdentityStore for $store {
             async fn bootstrap(&self, root: &Account, key: &ApiKey) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let inserted = sqlx::query(sql::BOOTSTRAP_ROOT)
                     .bind(&root.id)
                     .bind(&root.name)
@@ -354,7 +376,8 @@ macro_rules! impl_stores {
             }
 
             async fn insert_account(&self, a: &Account, events: &[OutboxEvent]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::INSERT_ACCOUNT)
                     .bind(&a.id)
                     .bind(a.parent_id.as_deref())
@@ -412,7 +435,8 @@ macro_rules! impl_stores {
                 now_ms: i64,
                 events: &[OutboxEvent],
             ) -> StoreResult<Option<Account>> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let row = sqlx::query(sql::UPDATE_ACCOUNT)
                     .bind(name)
                     .bind(status.map(AccountStatus::as_str))
@@ -430,7 +454,8 @@ macro_rules! impl_stores {
             }
 
             async fn insert_key(&self, key: &ApiKey, events: &[OutboxEvent]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 rows::bind_key(sqlx::query(sql::INSERT_KEY), key)
                     .execute(&mut *tx)
                     .await
@@ -472,7 +497,8 @@ macro_rules! impl_stores {
                 now_ms: i64,
                 events: &[OutboxEvent],
             ) -> StoreResult<Option<ApiKey>> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let row = sqlx::query(sql::ROTATE_KEY)
                     .bind(new_hash)
                     .bind(previous.map(|p| p.0))
@@ -496,7 +522,8 @@ macro_rules! impl_stores {
                 now_ms: i64,
                 events: &[OutboxEvent],
             ) -> StoreResult<Option<ApiKey>> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let row = sqlx::query(sql::REVOKE_KEY)
                     .bind(now_ms)
                     .bind(id)
@@ -515,7 +542,7 @@ macro_rules! impl_stores {
                 sqlx::query(sql::TOUCH_KEY)
                     .bind(at_ms)
                     .bind(id)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -535,7 +562,7 @@ macro_rules! impl_stores {
                     .bind(threshold)
                     .bind(lockout_ms)
                     .bind(window_ms)
-                    .fetch_one(self.w())
+                    .fetch_one(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(locked.0.filter(|until| *until > now_ms))
@@ -572,7 +599,7 @@ macro_rules! impl_stores {
                 sqlx::query(sql::REVOKE_TOKEN)
                     .bind(jti)
                     .bind(expires_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -590,7 +617,7 @@ macro_rules! impl_stores {
             async fn purge_expired(&self, now_ms: i64) -> StoreResult<u64> {
                 let mut n = sqlx::query(sql::PURGE_TOKENS)
                     .bind(now_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?
                     .rows_affected();
@@ -598,13 +625,13 @@ macro_rules! impl_stores {
                 n += sqlx::query(sql::PURGE_FAILURES)
                     .bind(now_ms - 86_400_000)
                     .bind(now_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?
                     .rows_affected();
                 n += sqlx::query(sql::PURGE_IDEMPOTENCY)
                     .bind(now_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?
                     .rows_affected();
@@ -636,7 +663,7 @@ macro_rules! impl_stores {
                     .bind(&k.public_key)
                     .bind(&k.sealed_private_key)
                     .bind(k.created_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -645,7 +672,7 @@ macro_rules! impl_stores {
             async fn get_system_secret(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
                 let row: Option<(Vec<u8>,)> = sqlx::query_as(sql::GET_SYSTEM_SECRET)
                     .bind(name)
-                    .fetch_optional(self.w())
+                    .fetch_optional(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(row.map(|r| r.0))
@@ -661,7 +688,7 @@ macro_rules! impl_stores {
                     .bind(name)
                     .bind(sealed)
                     .bind(now_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?
                     .rows_affected();
@@ -680,7 +707,7 @@ macro_rules! impl_stores {
                         .bind(&c.fingerprint)
                         .bind(c.now_ms)
                         .bind(c.expires_ms)
-                        .execute(self.w())
+                        .execute(&mut *self.wc().await?)
                         .await
                         .map_err(backend)?
                         .rows_affected();
@@ -691,7 +718,7 @@ macro_rules! impl_stores {
                         sqlx::query_as(sql::IDEM_GET)
                             .bind(&c.account_id)
                             .bind(&c.key)
-                            .fetch_optional(self.w())
+                            .fetch_optional(&mut *self.wc().await?)
                             .await
                             .map_err(backend)?;
                     let Some((fingerprint, status, body, expires, created)) = row else {
@@ -704,7 +731,7 @@ macro_rules! impl_stores {
                             .bind(&c.key)
                             .bind(c.now_ms)
                             .bind(c.stale_before_ms)
-                            .execute(self.w())
+                            .execute(&mut *self.wc().await?)
                             .await
                             .map_err(backend)?;
                         continue;
@@ -734,7 +761,7 @@ macro_rules! impl_stores {
                     .bind(body)
                     .bind(&c.account_id)
                     .bind(&c.key)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -744,7 +771,7 @@ macro_rules! impl_stores {
                 sqlx::query(sql::IDEM_ABANDON)
                     .bind(&c.account_id)
                     .bind(&c.key)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())

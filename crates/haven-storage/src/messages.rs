@@ -140,7 +140,7 @@ macro_rules! impl_message_store {
                     .bind(&t.reviewed_by)
                     .bind(t.created_at_ms)
                     .bind(t.reviewed_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -177,7 +177,8 @@ macro_rules! impl_message_store {
                 t: &TemplateRow,
                 event: &OutboxEvent,
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let done = sqlx::query(sql::REVIEW_TEMPLATE)
                     .bind(&t.status)
                     .bind(&t.review_note)
@@ -198,7 +199,7 @@ macro_rules! impl_message_store {
             async fn delete_template(&self, id: &str) -> StoreResult<bool> {
                 let r = sqlx::query(sql::DELETE_TEMPLATE)
                     .bind(id)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(r.rows_affected() > 0)
@@ -224,7 +225,7 @@ macro_rules! impl_message_store {
                     .bind(account_id)
                     .bind(policy)
                     .bind(at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -273,7 +274,8 @@ macro_rules! impl_message_store {
                 rows: &[ConsentRow],
                 events: &[OutboxEvent],
             ) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for c in rows {
                     sqlx::query(sql::UPSERT_CONSENT)
                         .bind(&c.account_id)
@@ -328,7 +330,7 @@ macro_rules! impl_message_store {
                     .bind(&row.channel)
                     .bind(&row.address)
                     .bind(row.created_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -375,7 +377,7 @@ macro_rules! impl_message_store {
             async fn delete_sender(&self, id: &str) -> StoreResult<bool> {
                 let r = sqlx::query(sql::DELETE_SENDER)
                     .bind(id)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(r.rows_affected() > 0)
@@ -385,7 +387,8 @@ macro_rules! impl_message_store {
                 &self,
                 rows: &[(MessageRow, Option<OutboxEvent>)],
             ) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
                         "INSERT INTO messages ({}) VALUES {}",
@@ -470,14 +473,15 @@ macro_rules! impl_message_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(self.w())
+                    .fetch_all(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::message_row).collect()
             }
 
             async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let mut events = Vec::new();
                 let mut submitted = Vec::new();
                 for o in outcomes {
@@ -613,7 +617,8 @@ macro_rules! impl_message_store {
             }
 
             async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
                         "INSERT INTO channel_receipts (route, provider_id, state, error_code, at_ms, received_at_ms) \
@@ -642,7 +647,8 @@ macro_rules! impl_message_store {
                 decide: &Decide,
             ) -> StoreResult<(usize, Vec<String>)> {
                 let now = haven_platform::clock::now_ms();
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let rows = sqlx::query($matched)
                     .bind(limit)
                     .fetch_all(&mut *tx)

@@ -77,7 +77,8 @@ macro_rules! impl_vault_store {
                 key: &AccountKeyRecord,
                 retire: Option<&str>,
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 if let Some(old) = retire {
                     let n = sqlx::query(sql::RETIRE_ACCOUNT_KEY)
                         .bind(key.created_at_ms)
@@ -131,7 +132,7 @@ macro_rules! impl_vault_store {
                     .bind(&k.data_key_id)
                     .bind(&k.wrapped)
                     .bind(k.created_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -162,7 +163,7 @@ macro_rules! impl_vault_store {
             async fn delete_subject_key(&self, subject_id: &str) -> StoreResult<bool> {
                 let n = sqlx::query(sql::DELETE_SUBJECT_KEY)
                     .bind(subject_id)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?
                     .rows_affected();
@@ -204,7 +205,7 @@ macro_rules! impl_vault_store {
                     .bind(rewrapped)
                     .bind(&item.id)
                     .bind(&item.wrapped)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?
                     .rows_affected();
@@ -228,7 +229,7 @@ macro_rules! impl_vault_store {
                     .bind(&c.attributes_ct)
                     .bind(c.created_at_ms)
                     .bind(c.updated_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -274,7 +275,7 @@ macro_rules! impl_vault_store {
                     .bind(&c.attributes_ct)
                     .bind(c.updated_at_ms)
                     .bind(&c.id)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?
                     .rows_affected();
@@ -289,7 +290,7 @@ macro_rules! impl_vault_store {
                 sqlx::query(sql::ERASE_CONTACT)
                     .bind(now_ms)
                     .bind(id)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 self.after_shred().await;
@@ -309,10 +310,15 @@ impl SqliteStore {
     /// moves them out of the write-ahead log as well, so a file copy taken after an erasure
     /// holds no trace of the key.
     async fn after_shred(&self) {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writer)
-            .await
-        {
+        let done = match self.wc().await {
+            Ok(mut wc) => sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut *wc)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = done {
             tracing::warn!(error = %e, "checkpoint after an erasure failed");
         }
     }

@@ -168,7 +168,8 @@ macro_rules! impl_verify_store {
         #[async_trait::async_trait]
         impl VerifyStore for $store {
             async fn insert_verifications(&self, items: &[NewVerification]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for it in items {
                     Self::insert_one(&mut tx, &it.row, &it.steps, it.superseded_event.as_ref())
                         .await?;
@@ -177,7 +178,8 @@ macro_rules! impl_verify_store {
             }
 
             async fn save_progress(&self, items: &[Progress]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for it in items {
                     Self::save_one(&mut tx, &it.row, &it.steps, &it.events, 0).await?;
                 }
@@ -204,7 +206,7 @@ macro_rules! impl_verify_store {
                     .bind(account_id)
                     .bind(policy)
                     .bind(at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -287,7 +289,8 @@ macro_rules! impl_verify_store {
                 b: &BlockedPrefix,
                 event: &OutboxEvent,
             ) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::BLOCK_PREFIX)
                     .bind(&b.account_id)
                     .bind(&b.prefix)
@@ -308,7 +311,8 @@ macro_rules! impl_verify_store {
                 at_ms: i64,
                 event: &OutboxEvent,
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let done = sqlx::query(sql::UNBLOCK_PREFIX)
                     .bind(at_ms)
                     .bind(account_id)
@@ -364,7 +368,7 @@ macro_rules! impl_verify_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(self.w())
+                    .fetch_all(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::verification_row).collect()
@@ -380,7 +384,7 @@ macro_rules! impl_verify_store {
                     .bind(lease_until_ms)
                     .bind(id)
                     .bind(now_ms)
-                    .fetch_optional(self.w())
+                    .fetch_optional(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::verification_row(&r)).transpose()
@@ -393,7 +397,8 @@ macro_rules! impl_verify_store {
                 events: &[OutboxEvent],
                 lease_until_ms: i64,
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 if !Self::save_one(&mut tx, v, steps, events, lease_until_ms).await? {
                     return Ok(false);
                 }
@@ -404,7 +409,7 @@ macro_rules! impl_verify_store {
             async fn take_attempt(&self, id: &str) -> StoreResult<Option<Attempt>> {
                 let row = sqlx::query(sql::TAKE_ATTEMPT)
                     .bind(id)
-                    .fetch_optional(self.w())
+                    .fetch_optional(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| {
@@ -426,7 +431,8 @@ macro_rules! impl_verify_store {
                 at_ms: i64,
                 event: &OutboxEvent,
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let done = sqlx::query(sql::END_VERIFICATION)
                     .bind(status)
                     .bind(at_ms)
@@ -500,7 +506,7 @@ macro_rules! impl_factor_store {
                     .bind(f.created_at_ms)
                     .bind(f.confirmed_at_ms)
                     .bind(f.last_used_at_ms)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())
@@ -533,7 +539,8 @@ macro_rules! impl_factor_store {
             }
 
             async fn delete_factor(&self, id: &str) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::DELETE_FACTOR_CODES)
                     .bind(id)
                     .execute(&mut *tx)
@@ -555,7 +562,8 @@ macro_rules! impl_factor_store {
                 at_ms: i64,
                 recovery_hashes: &[Vec<u8>],
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let done = sqlx::query(sql::ACCEPT_STEP)
                     .bind(step)
                     .bind(at_ms)
@@ -588,7 +596,7 @@ macro_rules! impl_factor_store {
                     .bind(max)
                     .bind(lock_until_ms)
                     .bind(id)
-                    .fetch_optional(self.w())
+                    .fetch_optional(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 match row {
@@ -607,7 +615,7 @@ macro_rules! impl_factor_store {
                     .bind(at_ms)
                     .bind(id)
                     .bind(hash)
-                    .execute(self.w())
+                    .execute(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(done.rows_affected() > 0)

@@ -100,7 +100,8 @@ macro_rules! impl_webhook_store {
                 e: &EndpointRow,
                 events: &[OutboxEvent],
             ) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::INSERT_ENDPOINT)
                     .bind(&e.id)
                     .bind(&e.account_id)
@@ -148,7 +149,8 @@ macro_rules! impl_webhook_store {
                 e: &EndpointRow,
                 events: &[OutboxEvent],
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let n = sqlx::query(sql::UPDATE_ENDPOINT)
                     .bind(&e.url_ct)
                     .bind(types_json(&e.event_types))
@@ -177,7 +179,8 @@ macro_rules! impl_webhook_store {
                 now_ms: i64,
                 events: &[OutboxEvent],
             ) -> StoreResult<bool> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let n = sqlx::query(sql::DELETE_ENDPOINT)
                     .bind(id)
                     .execute(&mut *tx)
@@ -200,7 +203,8 @@ macro_rules! impl_webhook_store {
             }
 
             async fn insert_events(&self, events: &[OutboxEvent]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 Self::push_events(&mut tx, events).await?;
                 tx.commit().await.map_err(backend)
             }
@@ -238,7 +242,8 @@ macro_rules! impl_webhook_store {
             }
 
             async fn fan_out(&self, event_id: &str, deliveries: &[DeliveryRow]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 Self::push_deliveries(&mut tx, deliveries).await?;
                 sqlx::query(sql::MARK_FANNED)
                     .bind(event_id)
@@ -258,7 +263,7 @@ macro_rules! impl_webhook_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(self.w())
+                    .fetch_all(&mut *self.wc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::delivery_row).collect()
@@ -283,7 +288,8 @@ macro_rules! impl_webhook_store {
                     AttemptOutcome::Retry { at_ms } => ("pending", at_ms, None),
                     AttemptOutcome::Dead => ("dead", a.at_ms, Some(a.at_ms)),
                 };
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::INSERT_ATTEMPT)
                     .bind(&a.delivery_id)
                     .bind(a.attempt)
@@ -311,7 +317,8 @@ macro_rules! impl_webhook_store {
             }
 
             async fn insert_deliveries(&self, deliveries: &[DeliveryRow]) -> StoreResult<()> {
-                let mut tx = self.w().begin().await.map_err(backend)?;
+                let mut wc = self.wc().await?;
+                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 Self::push_deliveries(&mut tx, deliveries).await?;
                 tx.commit().await.map_err(backend)
             }
