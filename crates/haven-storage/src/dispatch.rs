@@ -138,7 +138,7 @@ macro_rules! impl_dispatch_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(&mut *self.wc().await?)
+                    .fetch_all(&mut *self.wc_bg().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::dispatch_row).collect()

@@ -212,10 +212,35 @@ impl Store {
 /// runtime's queue and one through SQLite's thread while everyone else waited. The mutex hands
 /// it straight to the next waiter. (A transaction dropped half-way still rolls back: sqlx queues
 /// the rollback on the connection, ahead of the next holder's first statement.)
+///
+/// Background writers (the sending loops' claims, outcomes, receipts; webhook and dispatch
+/// claims) pass one at a time through a gate of their own before they queue for the writer, so
+/// an accepting request's group commit waits behind at most one of them, however many are due.
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
+    background: Arc<tokio::sync::Mutex<()>>,
     reader: SqlitePool,
+}
+
+/// The write connection held by a background writer, with its place through the gate.
+pub(crate) struct BackgroundConn<'a> {
+    // Declared first, dropped first: the connection goes back before the gate opens.
+    conn: tokio::sync::MappedMutexGuard<'a, SqliteConnection>,
+    _gate: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl std::ops::Deref for BackgroundConn<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for BackgroundConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
 }
 
 /// How long a writer waits for the SQLite write connection before giving up (sqlx's pool
@@ -251,6 +276,7 @@ impl SqliteStore {
             .map_err(backend)?;
         Ok(Self {
             writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            background: Arc::new(tokio::sync::Mutex::new(())),
             reader,
         })
     }
@@ -266,6 +292,18 @@ impl SqliteStore {
             })?;
         tokio::sync::MutexGuard::try_map(guard, Option::as_mut)
             .map_err(|_| StoreError::Backend("the store is closed".into()))
+    }
+    /// The write connection for a background writer: after every earlier background writer.
+    async fn wc_bg(&self) -> StoreResult<BackgroundConn<'_>> {
+        let gate = tokio::time::timeout(WRITER_WAIT, self.background.lock())
+            .await
+            .map_err(|_| {
+                StoreError::Backend("timed out waiting for the SQLite write connection".into())
+            })?;
+        Ok(BackgroundConn {
+            conn: self.wc().await?,
+            _gate: gate,
+        })
     }
 }
 
@@ -294,6 +332,10 @@ impl PgStore {
     /// A connection for writes (the same pool as reads: PostgreSQL orders writers itself).
     async fn wc(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
         self.pool.acquire().await.map_err(backend)
+    }
+    /// The same for background writers (PostgreSQL has no single writer to queue for).
+    async fn wc_bg(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.wc().await
     }
 }
 

@@ -473,14 +473,14 @@ macro_rules! impl_message_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(&mut *self.wc().await?)
+                    .fetch_all(&mut *self.wc_bg().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::message_row).collect()
             }
 
             async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()> {
-                let mut wc = self.wc().await?;
+                let mut wc = self.wc_bg().await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let mut events = Vec::new();
                 let mut submitted = Vec::new();
@@ -617,7 +617,7 @@ macro_rules! impl_message_store {
             }
 
             async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()> {
-                let mut wc = self.wc().await?;
+                let mut wc = self.wc_bg().await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
@@ -647,7 +647,7 @@ macro_rules! impl_message_store {
                 decide: &Decide,
             ) -> StoreResult<(usize, Vec<String>)> {
                 let now = haven_platform::clock::now_ms();
-                let mut wc = self.wc().await?;
+                let mut wc = self.wc_bg().await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let rows = sqlx::query($matched)
                     .bind(limit)

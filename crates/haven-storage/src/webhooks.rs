@@ -242,7 +242,7 @@ macro_rules! impl_webhook_store {
             }
 
             async fn fan_out(&self, event_id: &str, deliveries: &[DeliveryRow]) -> StoreResult<()> {
-                let mut wc = self.wc().await?;
+                let mut wc = self.wc_bg().await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 Self::push_deliveries(&mut tx, deliveries).await?;
                 sqlx::query(sql::MARK_FANNED)
@@ -263,7 +263,7 @@ macro_rules! impl_webhook_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(&mut *self.wc().await?)
+                    .fetch_all(&mut *self.wc_bg().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::delivery_row).collect()
@@ -288,7 +288,7 @@ macro_rules! impl_webhook_store {
                     AttemptOutcome::Retry { at_ms } => ("pending", at_ms, None),
                     AttemptOutcome::Dead => ("dead", a.at_ms, Some(a.at_ms)),
                 };
-                let mut wc = self.wc().await?;
+                let mut wc = self.wc_bg().await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::INSERT_ATTEMPT)
                     .bind(&a.delivery_id)
