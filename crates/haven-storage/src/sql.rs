@@ -175,7 +175,6 @@ pub const ENDPOINTS_FOR: &str = "SELECT id, account_id, event_types FROM webhook
      AND (account_id = $1 OR account_id = (SELECT parent_id FROM accounts WHERE id = $1)) ORDER BY id";
 pub const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, account_id, status, attempts, \
      next_attempt_at_ms, lease_until_ms, created_at_ms) VALUES ($1, $2, $3, $4, 'pending', 0, $5, 0, $6)";
-pub const MARK_FANNED: &str = "UPDATE webhook_events SET fanned_out = 1 WHERE id = $1";
 #[cfg(test)]
 const DELIVERY_COLS_: &str = "id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, last_status_code, \
      last_error, created_at_ms, completed_at_ms";
@@ -550,7 +549,6 @@ pub const ALL: &[&str] = &[
     UNFANNED_EVENTS,
     ENDPOINTS_FOR,
     INSERT_DELIVERY,
-    MARK_FANNED,
     CLAIM_DUE_SQLITE,
     CLAIM_DUE_PG,
     GET_EVENT,

@@ -241,15 +241,25 @@ macro_rules! impl_webhook_store {
                     .collect()
             }
 
-            async fn fan_out(&self, event_id: &str, deliveries: &[DeliveryRow]) -> StoreResult<()> {
+            async fn fan_out(
+                &self,
+                event_ids: &[String],
+                deliveries: &[DeliveryRow],
+            ) -> StoreResult<()> {
                 let mut wc = self.wc_bg().await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 Self::push_deliveries(&mut tx, deliveries).await?;
-                sqlx::query(sql::MARK_FANNED)
-                    .bind(event_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
+                for r in crate::bulk::chunks(event_ids.len()) {
+                    let text = format!(
+                        "UPDATE webhook_events SET fanned_out = 1 WHERE id IN ({})",
+                        crate::bulk::list(Self::PH, r.len(), 1)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for id in &event_ids[r] {
+                        q = q.bind(id);
+                    }
+                    q.execute(&mut *tx).await.map_err(backend)?;
+                }
                 tx.commit().await.map_err(backend)
             }
 

@@ -17,14 +17,20 @@ use haven_platform::page::{Page, PageRequest};
 use haven_platform::store::StoreError;
 use haven_vault::{FieldRef, Vault, VaultError};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
 pub use store::{
     AttemptOutcome, AttemptRow, DeliveryRow, DeliveryStatus, EndpointRow, EndpointStatus, EventRow,
     WebhookStore,
 };
 pub use target::{TargetError, TargetPolicy};
+
 use tokio::sync::{Notify, Semaphore};
+
+/// An enabled endpoint an event may go to: (endpoint id, its account id, its event types).
+type EndpointSubscription = (String, String, Vec<String>);
 
 const READ: Scope = Scope::new("webhooks", Right::Read);
 const WRITE: Scope = Scope::new("webhooks", Right::Write);
@@ -590,29 +596,42 @@ impl Webhooks {
     /// Creates deliveries for events not yet fanned out. Returns how many events it handled.
     pub async fn fan_out(&self) -> WebhooksResult<usize> {
         let events = self.store.unfanned_events(200).await?;
-        for e in &events {
-            let deliveries: Vec<DeliveryRow> = self
-                .store
-                .endpoints_for(&e.account_id)
-                .await?
-                .into_iter()
-                .filter(|(_, _, types)| subscribed(types, &e.event_type))
-                .map(|(endpoint_id, account_id, _)| DeliveryRow {
-                    id: new_id("whd"),
-                    event_id: e.id.clone(),
-                    endpoint_id,
-                    account_id,
-                    status: DeliveryStatus::Pending,
-                    attempts: 0,
-                    next_attempt_at_ms: e.created_at_ms,
-                    last_status_code: None,
-                    last_error: None,
-                    created_at_ms: now_ms(),
-                    completed_at_ms: None,
-                })
-                .collect();
-            self.store.fan_out(&e.id, &deliveries).await?;
+        if events.is_empty() {
+            return Ok(0);
         }
+        // Endpoints are read once per account in the batch; deliveries and the fanned-out marks
+        // of the whole batch are written in one transaction.
+        let mut endpoints: HashMap<&str, Vec<EndpointSubscription>> = HashMap::new();
+        let mut deliveries: Vec<DeliveryRow> = Vec::new();
+        for e in &events {
+            if !endpoints.contains_key(e.account_id.as_str()) {
+                let found = self.store.endpoints_for(&e.account_id).await?;
+                endpoints.insert(e.account_id.as_str(), found);
+            }
+            let theirs = endpoints
+                .get(e.account_id.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            deliveries.extend(
+                theirs
+                    .iter()
+                    .filter(|(_, _, types)| subscribed(types, &e.event_type))
+                    .map(|(endpoint_id, account_id, _)| DeliveryRow {
+                        id: new_id("whd"),
+                        event_id: e.id.clone(),
+                        endpoint_id: endpoint_id.clone(),
+                        account_id: account_id.clone(),
+                        status: DeliveryStatus::Pending,
+                        attempts: 0,
+                        next_attempt_at_ms: e.created_at_ms,
+                        last_status_code: None,
+                        last_error: None,
+                        created_at_ms: now_ms(),
+                        completed_at_ms: None,
+                    }),
+            );
+        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        self.store.fan_out(&ids, &deliveries).await?;
         Ok(events.len())
     }
 

@@ -139,8 +139,9 @@ pub trait WebhookStore: Send + Sync {
         &self,
         account_id: &str,
     ) -> StoreResult<Vec<(String, String, Vec<String>)>>;
-    /// Creates the deliveries and marks the event fanned out, atomically.
-    async fn fan_out(&self, event_id: &str, deliveries: &[DeliveryRow]) -> StoreResult<()>;
+    /// Creates the deliveries and marks the events fanned out, atomically (one transaction for
+    /// a whole batch of events: most events have no endpoint at all).
+    async fn fan_out(&self, event_ids: &[String], deliveries: &[DeliveryRow]) -> StoreResult<()>;
     /// Leases up to `limit` due deliveries until `lease_until_ms`.
     async fn claim_due(
         &self,
