@@ -223,10 +223,40 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
+/// The SQLite write connection while someone holds it. When it goes back, how long it was held
+/// is recorded (`haven_sqlite_writer_hold_seconds{writer}`), beside how long it was waited for
+/// (`haven_sqlite_writer_wait_seconds{writer}`): the tail of every group commit is made of
+/// these.
+pub(crate) struct WriteConn<'a> {
+    conn: tokio::sync::MappedMutexGuard<'a, SqliteConnection>,
+    since: std::time::Instant,
+    writer: &'static str,
+}
+
+impl Drop for WriteConn<'_> {
+    fn drop(&mut self) {
+        metrics::histogram!("haven_sqlite_writer_hold_seconds", "writer" => self.writer)
+            .record(self.since.elapsed().as_secs_f64());
+    }
+}
+
+impl std::ops::Deref for WriteConn<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
 /// The write connection held by a background writer, with its place through the gate.
 pub(crate) struct BackgroundConn<'a> {
     // Declared first, dropped first: the connection goes back before the gate opens.
-    conn: tokio::sync::MappedMutexGuard<'a, SqliteConnection>,
+    conn: WriteConn<'a>,
     _gate: tokio::sync::MutexGuard<'a, ()>,
 }
 
@@ -284,24 +314,41 @@ impl SqliteStore {
         &self.reader
     }
     /// The write connection, once every earlier caller is done with it.
-    async fn wc(&self) -> StoreResult<tokio::sync::MappedMutexGuard<'_, SqliteConnection>> {
+    async fn wc(&self) -> StoreResult<WriteConn<'_>> {
+        self.take_writer("foreground", std::time::Instant::now())
+            .await
+    }
+    async fn take_writer(
+        &self,
+        writer: &'static str,
+        asked: std::time::Instant,
+    ) -> StoreResult<WriteConn<'_>> {
         let guard = tokio::time::timeout(WRITER_WAIT, self.writer.lock())
             .await
             .map_err(|_| {
                 StoreError::Backend("timed out waiting for the SQLite write connection".into())
             })?;
-        tokio::sync::MutexGuard::try_map(guard, Option::as_mut)
-            .map_err(|_| StoreError::Backend("the store is closed".into()))
+        let conn = tokio::sync::MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| StoreError::Backend("the store is closed".into()))?;
+        let since = std::time::Instant::now();
+        metrics::histogram!("haven_sqlite_writer_wait_seconds", "writer" => writer)
+            .record(since.duration_since(asked).as_secs_f64());
+        Ok(WriteConn {
+            conn,
+            since,
+            writer,
+        })
     }
     /// The write connection for a background writer: after every earlier background writer.
     async fn wc_bg(&self) -> StoreResult<BackgroundConn<'_>> {
+        let asked = std::time::Instant::now();
         let gate = tokio::time::timeout(WRITER_WAIT, self.background.lock())
             .await
             .map_err(|_| {
                 StoreError::Backend("timed out waiting for the SQLite write connection".into())
             })?;
         Ok(BackgroundConn {
-            conn: self.wc().await?,
+            conn: self.take_writer("background", asked).await?,
             _gate: gate,
         })
     }

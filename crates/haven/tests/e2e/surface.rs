@@ -143,6 +143,15 @@ async fn health_metrics_and_logs(backend: Backend) {
         .unwrap_or_default();
     assert!(metrics.contains("haven_http_requests_total"), "{metrics}");
     assert!(metrics.contains("route=\"/v1/accounts\""), "{metrics}");
+    if backend == Backend::Sqlite {
+        // Start-up wrote through the one writer (bootstrap, audit), so both are there.
+        for name in [
+            "haven_sqlite_writer_wait_seconds{writer=\"foreground\"",
+            "haven_sqlite_writer_hold_seconds{writer=\"foreground\"",
+        ] {
+            assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+        }
+    }
     // Logs are JSON lines, with the request id and route, and without secrets.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let log = s.stderr();
