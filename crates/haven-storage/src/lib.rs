@@ -226,9 +226,11 @@ pub struct SqliteStore {
 /// The SQLite write connection while someone holds it. When it goes back, how long it was held
 /// is recorded (`haven_sqlite_writer_hold_seconds{writer}`), beside how long it was waited for
 /// (`haven_sqlite_writer_wait_seconds{writer}`): the tail of every group commit is made of
-/// these.
+/// these. A background writer also holds its place through the gate.
 pub(crate) struct WriteConn<'a> {
+    // Declared first, dropped first: the connection goes back before the gate opens.
     conn: tokio::sync::MappedMutexGuard<'a, SqliteConnection>,
+    _gate: Option<tokio::sync::MutexGuard<'a, ()>>,
     since: std::time::Instant,
     writer: &'static str,
 }
@@ -248,26 +250,6 @@ impl std::ops::Deref for WriteConn<'_> {
 }
 
 impl std::ops::DerefMut for WriteConn<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.conn
-    }
-}
-
-/// The write connection held by a background writer, with its place through the gate.
-pub(crate) struct BackgroundConn<'a> {
-    // Declared first, dropped first: the connection goes back before the gate opens.
-    conn: WriteConn<'a>,
-    _gate: tokio::sync::MutexGuard<'a, ()>,
-}
-
-impl std::ops::Deref for BackgroundConn<'_> {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.conn
-    }
-}
-
-impl std::ops::DerefMut for BackgroundConn<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         &mut self.conn
     }
@@ -315,14 +297,15 @@ impl SqliteStore {
     }
     /// The write connection, once every earlier caller is done with it.
     async fn wc(&self) -> StoreResult<WriteConn<'_>> {
-        self.take_writer("foreground", std::time::Instant::now())
+        self.take_writer("foreground", std::time::Instant::now(), None)
             .await
     }
-    async fn take_writer(
-        &self,
+    async fn take_writer<'a>(
+        &'a self,
         writer: &'static str,
         asked: std::time::Instant,
-    ) -> StoreResult<WriteConn<'_>> {
+        gate: Option<tokio::sync::MutexGuard<'a, ()>>,
+    ) -> StoreResult<WriteConn<'a>> {
         let guard = tokio::time::timeout(WRITER_WAIT, self.writer.lock())
             .await
             .map_err(|_| {
@@ -335,22 +318,20 @@ impl SqliteStore {
             .record(since.duration_since(asked).as_secs_f64());
         Ok(WriteConn {
             conn,
+            _gate: gate,
             since,
             writer,
         })
     }
     /// The write connection for a background writer: after every earlier background writer.
-    async fn wc_bg(&self) -> StoreResult<BackgroundConn<'_>> {
+    async fn wc_bg(&self) -> StoreResult<WriteConn<'_>> {
         let asked = std::time::Instant::now();
         let gate = tokio::time::timeout(WRITER_WAIT, self.background.lock())
             .await
             .map_err(|_| {
                 StoreError::Backend("timed out waiting for the SQLite write connection".into())
             })?;
-        Ok(BackgroundConn {
-            conn: self.take_writer("background", asked).await?,
-            _gate: gate,
-        })
+        self.take_writer("background", asked, Some(gate)).await
     }
 }
 
