@@ -300,7 +300,7 @@ macro_rules! impl_audit_store {
             async fn event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
                 let row = sqlx::query(sql::AUDIT_EVENT)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| event_row(&r)).transpose()
@@ -345,9 +345,15 @@ macro_rules! impl_audit_store {
                 if let Some(s) = q.until_ms {
                     qb.push(" AND at_ms < ").push_bind(s);
                 }
-                qb.push(" ORDER BY leaf_index LIMIT ")
-                    .push_bind(page.fetch_limit());
-                let rows = qb.build().fetch_all(self.r()).await.map_err(backend)?;
+                // `(n + 0)`, not a bare parameter: see `sql`'s note on LIMIT.
+                qb.push(" ORDER BY leaf_index LIMIT (")
+                    .push_bind(page.fetch_limit())
+                    .push(" + 0)");
+                let rows = qb
+                    .build()
+                    .fetch_all(&mut *self.rc().await?)
+                    .await
+                    .map_err(backend)?;
                 rows.iter().map(event_row).collect()
             }
 
@@ -355,7 +361,7 @@ macro_rules! impl_audit_store {
                 let rows = sqlx::query(sql::AUDIT_SCAN)
                     .bind(i(start))
                     .bind(i64::from(limit))
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(event_row).collect()
@@ -369,7 +375,7 @@ macro_rules! impl_audit_store {
                 let rows: Vec<(Vec<u8>,)> = sqlx::query_as(sql::AUDIT_LEAF_HASHES)
                     .bind(i(start))
                     .bind(i(end))
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.into_iter().map(|r| to_hash(r.0)).collect()
@@ -377,7 +383,7 @@ macro_rules! impl_audit_store {
 
             async fn pruned_below(&self) -> StoreResult<u64> {
                 let (n,): (i64,) = sqlx::query_as(sql::AUDIT_PRUNED_BELOW)
-                    .fetch_one(self.r())
+                    .fetch_one(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(u(n))

@@ -96,7 +96,7 @@ macro_rules! impl_dispatch_store {
             async fn get_dispatch(&self, id: &str) -> StoreResult<Option<DispatchRow>> {
                 let row = sqlx::query(sql::GET_DISPATCH)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::dispatch_row(&r)).transpose()
@@ -105,7 +105,7 @@ macro_rules! impl_dispatch_store {
             async fn dispatch_steps(&self, id: &str) -> StoreResult<Vec<StepRow>> {
                 let rows = sqlx::query(sql::DISPATCH_STEPS)
                     .bind(id)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::step_row).collect()
@@ -122,7 +122,7 @@ macro_rules! impl_dispatch_store {
                     .bind(status)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::dispatch_row).collect()

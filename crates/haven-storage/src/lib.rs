@@ -5,6 +5,7 @@
 mod audit;
 mod bulk;
 mod dispatch;
+mod inline;
 mod messages;
 mod rows;
 mod sql;
@@ -25,8 +26,7 @@ use haven_platform::store::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous as Sync_,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous as Sync_,
 };
 use std::str::FromStr;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ impl Store {
     async fn applied_versions(&self) -> StoreResult<Vec<i64>> {
         let q = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
         let rows: Vec<(i64,)> = match self {
-            Store::Sqlite(s) => sqlx::query_as(q).fetch_all(&s.reader).await,
+            Store::Sqlite(s) => sqlx::query_as(q).fetch_all(&mut *s.rc().await?).await,
             Store::Postgres(p) => sqlx::query_as(q).fetch_all(&p.pool).await,
         }
         .map_err(backend)?;
@@ -220,7 +220,8 @@ impl Store {
 pub struct SqliteStore {
     writer: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
     background: Arc<tokio::sync::Mutex<()>>,
-    reader: SqlitePool,
+    reader: Arc<ReadPool>,
+    inline: Arc<inline::InlineReaders>,
 }
 
 /// The SQLite write connection while someone holds it. When it goes back, how long it was held
@@ -255,6 +256,88 @@ impl std::ops::DerefMut for WriteConn<'_> {
     }
 }
 
+/// SQLite's read connections: plain connections handed out and taken back on the spot.
+///
+/// sqlx's pool gives a connection back by spawning a task that pings it first: one more trip
+/// through the runtime's queue and one through the connection's thread for every read. A
+/// connection to a local file cannot have gone away, and one whose query was dropped half-way
+/// is still consistent: its thread finishes the command before it takes the next one, and
+/// readers never open transactions. (The hottest reads skip sqlx altogether: see `inline`.)
+pub(crate) struct ReadPool {
+    permits: tokio::sync::Semaphore,
+    idle: std::sync::Mutex<Vec<SqliteConnection>>,
+}
+
+impl ReadPool {
+    async fn acquire(&self) -> StoreResult<ReadConn<'_>> {
+        let permit = tokio::time::timeout(WRITER_WAIT, self.permits.acquire())
+            .await
+            .map_err(|_| StoreError::Backend("timed out waiting for an SQLite reader".into()))?
+            .map_err(|_| StoreError::Backend("the SQLite readers are closed".into()))?;
+        let conn = self
+            .idle
+            .lock()
+            .map_err(|_| StoreError::Backend("the SQLite reader list is poisoned".into()))?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("no idle SQLite reader under a permit".into()))?;
+        Ok(ReadConn {
+            conn: Some(conn),
+            pool: self,
+            _permit: permit,
+        })
+    }
+
+    async fn close(&self) {
+        self.permits.close();
+        let conns = match self.idle.lock() {
+            Ok(mut idle) => std::mem::take(&mut *idle),
+            Err(_) => return,
+        };
+        for c in conns {
+            let _ = sqlx::Connection::close(c).await;
+        }
+    }
+}
+
+/// A reader while someone holds it; it goes back when dropped.
+pub(crate) struct ReadConn<'a> {
+    conn: Option<SqliteConnection>,
+    pool: &'a ReadPool,
+    // Dropped after `drop` below has put the connection back, so a permit always finds one.
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for ReadConn<'_> {
+    fn drop(&mut self) {
+        if let (Some(c), Ok(mut idle)) = (self.conn.take(), self.pool.idle.lock()) {
+            idle.push(c);
+        }
+    }
+}
+
+impl std::ops::Deref for ReadConn<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        // Present from acquire until drop.
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("reader taken"))
+    }
+}
+
+impl std::ops::DerefMut for ReadConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("reader taken"))
+    }
+}
+
+/// Prepared statements kept per connection. The group commits' set-based statements come in a
+/// few sizes each (see `bulk`), so the writer uses a few hundred texts; with sqlx's default of
+/// 100 they pushed each other out and were parsed again and again.
+const STATEMENT_CACHE: usize = 1024;
+
 /// How long a writer waits for the SQLite write connection before giving up (sqlx's pool
 /// default acquire timeout, which the pool of one used to apply).
 const WRITER_WAIT: Duration = Duration::from_secs(30);
@@ -273,27 +356,35 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("temp_store", "memory")
             // Deleted content (a destroyed subject key) is overwritten, not left in free pages.
-            .pragma("secure_delete", "ON");
+            .pragma("secure_delete", "ON")
+            .statement_cache_capacity(STATEMENT_CACHE);
         let writer = sqlx::ConnectOptions::connect(&base.clone().create_if_missing(true))
             .await
             .map_err(backend)?;
-        // No ping before handing a reader out: an in-process SQLite connection cannot have gone
-        // away, and the ping is one more trip to the connection's thread per acquire (sqlx
-        // still checks each connection when it comes back).
-        let reader = SqlitePoolOptions::new()
-            .max_connections(opts.max_connections.max(2))
-            .test_before_acquire(false)
-            .connect_with(base.read_only(true))
-            .await
-            .map_err(backend)?;
+        let inline = Arc::new(inline::InlineReaders::new(base.get_filename().to_owned()));
+        let readers = base.read_only(true);
+        let mut idle = Vec::new();
+        for _ in 0..opts.max_connections.max(2) {
+            idle.push(
+                sqlx::ConnectOptions::connect(&readers)
+                    .await
+                    .map_err(backend)?,
+            );
+        }
+        let reader = Arc::new(ReadPool {
+            permits: tokio::sync::Semaphore::new(idle.len()),
+            idle: std::sync::Mutex::new(idle),
+        });
         Ok(Self {
             writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
             background: Arc::new(tokio::sync::Mutex::new(())),
             reader,
+            inline,
         })
     }
-    fn r(&self) -> &SqlitePool {
-        &self.reader
+    /// A read connection, once one is free.
+    async fn rc(&self) -> StoreResult<ReadConn<'_>> {
+        self.reader.acquire().await
     }
     /// The write connection, once every earlier caller is done with it.
     async fn wc(&self) -> StoreResult<WriteConn<'_>> {
@@ -345,7 +436,8 @@ impl PgStore {
     async fn connect(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
         let options = PgConnectOptions::from_str(url)
             .map_err(backend)?
-            .application_name("haven");
+            .application_name("haven")
+            .statement_cache_capacity(STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -354,8 +446,9 @@ impl PgStore {
             .map_err(backend)?;
         Ok(Self { pool })
     }
-    fn r(&self) -> &PgPool {
-        &self.pool
+    /// A connection for reads.
+    async fn rc(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.pool.acquire().await.map_err(backend)
     }
     /// A connection for writes (the same pool as reads: PostgreSQL orders writers itself).
     async fn wc(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
@@ -439,7 +532,7 @@ macro_rules! impl_stores {
 
             async fn root_account(&self) -> StoreResult<Option<Account>> {
                 let row = sqlx::query(sql::ROOT_ACCOUNT)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| rows::account(&r)).transpose()
@@ -466,7 +559,7 @@ macro_rules! impl_stores {
             async fn get_account(&self, id: &str) -> StoreResult<Option<Account>> {
                 let row = sqlx::query(sql::GET_ACCOUNT)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| rows::account(&r)).transpose()
@@ -481,7 +574,7 @@ macro_rules! impl_stores {
                     .bind(viewer)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(rows::account).collect()
@@ -491,7 +584,7 @@ macro_rules! impl_stores {
                 let rows = sqlx::query(sql::LIST_ALL_ACCOUNTS)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(rows::account).collect()
@@ -538,7 +631,7 @@ macro_rules! impl_stores {
             async fn get_key(&self, id: &str) -> StoreResult<Option<ApiKey>> {
                 let row = sqlx::query(sql::GET_KEY)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| rows::key(&r)).transpose()
@@ -553,7 +646,7 @@ macro_rules! impl_stores {
                     .bind(account_id)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(rows::key).collect()
@@ -649,7 +742,7 @@ macro_rules! impl_stores {
                         sqlx::query_as(sql::LOCKED_UNTIL_1)
                             .bind(one)
                             .bind(now_ms)
-                            .fetch_one(self.r())
+                            .fetch_one(&mut *self.rc().await?)
                             .await
                     }
                     [a, b, ..] => {
@@ -657,7 +750,7 @@ macro_rules! impl_stores {
                             .bind(a)
                             .bind(b)
                             .bind(now_ms)
-                            .fetch_one(self.r())
+                            .fetch_one(&mut *self.rc().await?)
                             .await
                     }
                 }
@@ -678,7 +771,7 @@ macro_rules! impl_stores {
             async fn is_token_revoked(&self, jti: &str) -> StoreResult<bool> {
                 let row = sqlx::query(sql::TOKEN_REVOKED)
                     .bind(jti)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(row.is_some())
@@ -711,7 +804,7 @@ macro_rules! impl_stores {
             async fn list_signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
                 let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> =
                     sqlx::query_as(sql::LIST_SIGNING_KEYS)
-                        .fetch_all(self.r())
+                        .fetch_all(&mut *self.rc().await?)
                         .await
                         .map_err(backend)?;
                 Ok(rows
@@ -852,7 +945,7 @@ macro_rules! impl_stores {
         impl HealthCheck for $store {
             async fn ping(&self) -> StoreResult<()> {
                 sqlx::query(sql::PING)
-                    .execute(self.r())
+                    .execute(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(())

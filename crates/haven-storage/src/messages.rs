@@ -149,7 +149,7 @@ macro_rules! impl_message_store {
             async fn get_template(&self, id: &str) -> StoreResult<Option<TemplateRow>> {
                 let row = sqlx::query(sql::GET_TEMPLATE)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::template_row(&r)).transpose()
@@ -166,7 +166,7 @@ macro_rules! impl_message_store {
                     .bind(status)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::template_row).collect()
@@ -208,7 +208,7 @@ macro_rules! impl_message_store {
             async fn get_policy(&self, account_id: &str) -> StoreResult<Option<String>> {
                 let row = sqlx::query(sql::GET_POLICY)
                     .bind(account_id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| r.try_get("policy").map_err(backend))
@@ -241,7 +241,7 @@ macro_rules! impl_message_store {
                     .bind(account_id)
                     .bind(channel)
                     .bind(peer_bidx)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(row.is_some())
@@ -263,7 +263,7 @@ macro_rules! impl_message_store {
                     .bind(sender_id)
                     .bind(since_ms)
                     .bind(limit)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::message_row).collect()
@@ -300,27 +300,7 @@ macro_rules! impl_message_store {
                 channel: &str,
                 address_bidx: &[u8],
             ) -> StoreResult<Vec<ConsentRow>> {
-                let rows = sqlx::query(sql::CONSENTS_FOR)
-                    .bind(account_id)
-                    .bind(channel)
-                    .bind(address_bidx)
-                    .fetch_all(self.r())
-                    .await
-                    .map_err(backend)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(ConsentRow {
-                            account_id: r.try_get("account_id").map_err(backend)?,
-                            channel: r.try_get("channel").map_err(backend)?,
-                            address_bidx: r.try_get("address_bidx").map_err(backend)?,
-                            purpose: r.try_get("purpose").map_err(backend)?,
-                            status: r.try_get("status").map_err(backend)?,
-                            method: r.try_get("method").map_err(backend)?,
-                            source: r.try_get("source").map_err(backend)?,
-                            updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
-                        })
-                    })
-                    .collect()
+                self.read_consents(account_id, channel, address_bidx).await
             }
 
             async fn insert_sender(&self, row: &SenderRow) -> StoreResult<()> {
@@ -339,7 +319,7 @@ macro_rules! impl_message_store {
             async fn get_sender(&self, id: &str) -> StoreResult<Option<SenderRow>> {
                 let row = sqlx::query(sql::GET_SENDER)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::sender_row(&r)).transpose()
@@ -353,7 +333,7 @@ macro_rules! impl_message_store {
                 let row = sqlx::query(sql::SENDER_BY_ADDRESS)
                     .bind(channel)
                     .bind(address)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::sender_row(&r)).transpose()
@@ -368,7 +348,7 @@ macro_rules! impl_message_store {
                     .bind(account_id)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::sender_row).collect()
@@ -437,7 +417,7 @@ macro_rules! impl_message_store {
             async fn get_message(&self, id: &str) -> StoreResult<Option<MessageRow>> {
                 let row = sqlx::query(sql::GET_MESSAGE)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::message_row(&r)).transpose()
@@ -457,7 +437,7 @@ macro_rules! impl_message_store {
                     .bind(&f.client_ref_bidx)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::message_row).collect()
@@ -823,6 +803,64 @@ impl_message_store!(
     sql::MATCHED_RECEIPTS_PG,
     " FOR UPDATE"
 );
+
+impl SqliteStore {
+    /// Every send asks: on the caller's thread (see `inline`).
+    async fn read_consents(
+        &self,
+        account_id: &str,
+        channel: &str,
+        address_bidx: &[u8],
+    ) -> StoreResult<Vec<ConsentRow>> {
+        self.inline.read(|c| {
+            c.prepare_cached(sql::CONSENTS_FOR)?
+                .query_map(rusqlite::params![account_id, channel, address_bidx], |r| {
+                    Ok(ConsentRow {
+                        account_id: r.get("account_id")?,
+                        channel: r.get("channel")?,
+                        address_bidx: r.get("address_bidx")?,
+                        purpose: r.get("purpose")?,
+                        status: r.get("status")?,
+                        method: r.get("method")?,
+                        source: r.get("source")?,
+                        updated_at_ms: r.get("updated_at_ms")?,
+                    })
+                })?
+                .collect()
+        })
+    }
+}
+
+impl PgStore {
+    async fn read_consents(
+        &self,
+        account_id: &str,
+        channel: &str,
+        address_bidx: &[u8],
+    ) -> StoreResult<Vec<ConsentRow>> {
+        let rows = sqlx::query(sql::CONSENTS_FOR)
+            .bind(account_id)
+            .bind(channel)
+            .bind(address_bidx)
+            .fetch_all(&mut *self.rc().await?)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConsentRow {
+                    account_id: r.try_get("account_id").map_err(backend)?,
+                    channel: r.try_get("channel").map_err(backend)?,
+                    address_bidx: r.try_get("address_bidx").map_err(backend)?,
+                    purpose: r.try_get("purpose").map_err(backend)?,
+                    status: r.try_get("status").map_err(backend)?,
+                    method: r.try_get("method").map_err(backend)?,
+                    source: r.try_get("source").map_err(backend)?,
+                    updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+}
 
 #[cfg(test)]
 mod tests {

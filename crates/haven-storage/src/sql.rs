@@ -1,6 +1,12 @@
 //! Every statement, written once for both backends. Parameters are `$1…$n` and must first
 //! appear in increasing order: PostgreSQL numbers them explicitly, SQLite by first appearance
 //! (checked by a test below).
+//!
+//! A limit is written `LIMIT ($n + 0)`, never `LIMIT $n`: SQLite reads the value bound to a bare
+//! limit parameter while planning, so it plans the statement again every time one is bound, and
+//! a cached statement is parsed afresh on every use (a recipient's lookup on every send, every
+//! claim of the sending loops on the one write connection). An expression is not read that way.
+//! PostgreSQL plans both alike. (Checked by tests here and in `inline`.)
 
 #[cfg(test)]
 pub const ACCOUNT_COLS: &str = "id, parent_id, name, status, created_at_ms, updated_at_ms";
@@ -13,9 +19,9 @@ pub const INSERT_ACCOUNT: &str = "INSERT INTO accounts (id, parent_id, is_root, 
 pub const GET_ACCOUNT: &str =
     "SELECT id, parent_id, name, status, created_at_ms, updated_at_ms FROM accounts WHERE id = $1";
 pub const LIST_ACCOUNTS: &str = "SELECT id, parent_id, name, status, created_at_ms, updated_at_ms FROM accounts \
-     WHERE (id = $1 OR parent_id = $1) AND id > $2 ORDER BY id LIMIT $3";
+     WHERE (id = $1 OR parent_id = $1) AND id > $2 ORDER BY id LIMIT ($3 + 0)";
 pub const LIST_ALL_ACCOUNTS: &str = "SELECT id, parent_id, name, status, created_at_ms, updated_at_ms FROM accounts \
-     WHERE id > $1 ORDER BY id LIMIT $2";
+     WHERE id > $1 ORDER BY id LIMIT ($2 + 0)";
 pub const UPDATE_ACCOUNT: &str = "UPDATE accounts SET name = COALESCE($1, name), status = COALESCE($2, status), updated_at_ms = $3 \
      WHERE id = $4 RETURNING id, parent_id, name, status, created_at_ms, updated_at_ms";
 
@@ -29,7 +35,7 @@ pub const GET_KEY: &str = "SELECT id, account_id, name, scopes, allowed_cidrs, e
      revoked_at_ms, rotated_at_ms, secret_hash, previous_secret_hash, previous_secret_expires_at_ms FROM api_keys WHERE id = $1";
 pub const LIST_KEYS: &str = "SELECT id, account_id, name, scopes, allowed_cidrs, expires_at_ms, created_at_ms, last_used_at_ms, \
      revoked_at_ms, rotated_at_ms, secret_hash, previous_secret_hash, previous_secret_expires_at_ms FROM api_keys \
-     WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+     WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT ($3 + 0)";
 pub const ROTATE_KEY: &str = "UPDATE api_keys SET secret_hash = $1, previous_secret_hash = $2, previous_secret_expires_at_ms = $3, \
      rotated_at_ms = $4 WHERE id = $5 AND revoked_at_ms IS NULL RETURNING id, account_id, name, scopes, allowed_cidrs, \
      expires_at_ms, created_at_ms, last_used_at_ms, revoked_at_ms, rotated_at_ms, secret_hash, previous_secret_hash, \
@@ -88,7 +94,7 @@ pub const AUDIT_EVENT: &str = "SELECT leaf_index, event_id, at_ms, action, outco
      source_addr, user_agent, resource_type, resource_id, reason, request_id FROM audit_log WHERE event_id = $1";
 pub const AUDIT_SCAN: &str = "SELECT leaf_index, event_id, at_ms, action, outcome, account_id, credential_id, auth_method, \
      source_addr, user_agent, resource_type, resource_id, reason, request_id FROM audit_log \
-     WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2";
+     WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT ($2 + 0)";
 pub const AUDIT_INSERT_UNNEST: &str = "INSERT INTO audit_log (leaf_index, event_id, at_ms, action, outcome, account_id, \
      credential_id, auth_method, source_addr, user_agent, resource_type, resource_id, reason, request_id) \
      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
@@ -122,7 +128,7 @@ pub const RETIRE_ACCOUNT_KEY: &str =
 pub const INSERT_ACCOUNT_KEY: &str = "INSERT INTO account_keys (id, account_id, purpose, wrapped, created_at_ms, retired_at_ms) \
      VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT DO NOTHING";
 pub const DATA_KEYS_DUE: &str = "SELECT id, account_id, purpose, wrapped, created_at_ms, retired_at_ms FROM account_keys \
-     WHERE purpose = 'data' AND retired_at_ms IS NULL AND created_at_ms < $1 ORDER BY created_at_ms LIMIT $2";
+     WHERE purpose = 'data' AND retired_at_ms IS NULL AND created_at_ms < $1 ORDER BY created_at_ms LIMIT ($2 + 0)";
 pub const INSERT_SUBJECT_KEY: &str = "INSERT INTO subject_keys (subject_id, account_id, key_id, data_key_id, wrapped, created_at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 pub const GET_SUBJECT_KEY: &str = "SELECT subject_id, account_id, key_id, data_key_id, wrapped, created_at_ms FROM subject_keys \
@@ -149,7 +155,20 @@ pub const GET_CONTACT: &str = "SELECT id, account_id, reference_bidx, phone_bidx
 pub const LIST_CONTACTS: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, name_ct, phone_ct, \
      email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
      WHERE account_id = $1 AND id > $2 AND ($3 IS NULL OR reference_bidx = $3) AND ($4 IS NULL OR phone_bidx = $4) \
-     AND ($5 IS NULL OR email_bidx = $5) ORDER BY id LIMIT $6";
+     AND ($5 IS NULL OR email_bidx = $5) ORDER BY id LIMIT ($6 + 0)";
+/// [`LIST_CONTACTS`] narrowed by one blind index, as every send looks its recipient up: with one
+/// text per index the planner uses that index (an `($n IS NULL OR col = $n)` test cannot, so
+/// the general text walks all of the account's contacts, and SQLite plans it again whenever a
+/// value is bound to it). Parameters: account, after, the index, the limit.
+pub const LIST_CONTACTS_BY_REFERENCE: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
+     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
+     WHERE account_id = $1 AND id > $2 AND reference_bidx = $3 ORDER BY id LIMIT ($4 + 0)";
+pub const LIST_CONTACTS_BY_PHONE: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
+     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
+     WHERE account_id = $1 AND id > $2 AND phone_bidx = $3 ORDER BY id LIMIT ($4 + 0)";
+pub const LIST_CONTACTS_BY_EMAIL: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
+     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
+     WHERE account_id = $1 AND id > $2 AND email_bidx = $3 ORDER BY id LIMIT ($4 + 0)";
 pub const UPDATE_CONTACT: &str = "UPDATE contacts SET reference_bidx = $1, phone_bidx = $2, email_bidx = $3, reference_ct = $4, \
      name_ct = $5, phone_ct = $6, email_ct = $7, attributes_ct = $8, updated_at_ms = $9 WHERE id = $10 AND erased_at_ms IS NULL";
 pub const ERASE_CONTACT: &str = "UPDATE contacts SET reference_bidx = NULL, phone_bidx = NULL, email_bidx = NULL, \
@@ -162,7 +181,7 @@ pub const GET_ENDPOINT: &str = "SELECT id, account_id, url_ct, event_types, stat
      previous_secret_expires_at_ms, created_at_ms, updated_at_ms FROM webhook_endpoints WHERE id = $1";
 pub const LIST_ENDPOINTS: &str = "SELECT id, account_id, url_ct, event_types, status, secret_ct, previous_secret_ct, \
      previous_secret_expires_at_ms, created_at_ms, updated_at_ms FROM webhook_endpoints WHERE account_id = $1 AND id > $2 \
-     ORDER BY id LIMIT $3";
+     ORDER BY id LIMIT ($3 + 0)";
 pub const UPDATE_ENDPOINT: &str = "UPDATE webhook_endpoints SET url_ct = $1, event_types = $2, status = $3, secret_ct = $4, \
      previous_secret_ct = $5, previous_secret_expires_at_ms = $6, updated_at_ms = $7 WHERE id = $8";
 pub const DELETE_ENDPOINT: &str = "DELETE FROM webhook_endpoints WHERE id = $1";
@@ -170,7 +189,7 @@ pub const KILL_ENDPOINT_DELIVERIES: &str = "UPDATE webhook_deliveries SET status
      completed_at_ms = $1 WHERE endpoint_id = $2 AND status = 'pending'";
 pub const PARENT_OF: &str = "SELECT parent_id FROM accounts WHERE id = $1";
 pub const UNFANNED_EVENTS: &str = "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events \
-     WHERE fanned_out = 0 ORDER BY created_at_ms, id LIMIT $1";
+     WHERE fanned_out = 0 ORDER BY created_at_ms, id LIMIT ($1 + 0)";
 pub const ENDPOINTS_FOR: &str = "SELECT id, account_id, event_types FROM webhook_endpoints WHERE status = 'enabled' \
      AND (account_id = $1 OR account_id = (SELECT parent_id FROM accounts WHERE id = $1)) ORDER BY id";
 pub const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, account_id, status, attempts, \
@@ -180,12 +199,12 @@ const DELIVERY_COLS_: &str = "id, event_id, endpoint_id, account_id, status, att
      last_error, created_at_ms, completed_at_ms";
 /// SQLite has one writer, so a plain UPDATE … RETURNING is already exclusive.
 pub const CLAIM_DUE_SQLITE: &str = "UPDATE webhook_deliveries SET lease_until_ms = $1 WHERE id IN (SELECT id FROM webhook_deliveries \
-     WHERE status = 'pending' AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT $3) \
+     WHERE status = 'pending' AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT ($3 + 0)) \
      RETURNING id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, last_status_code, \
      last_error, created_at_ms, completed_at_ms";
 /// Several nodes claim at once: each skips rows another holds.
 pub const CLAIM_DUE_PG: &str = "UPDATE webhook_deliveries SET lease_until_ms = $1 WHERE id IN (SELECT id FROM webhook_deliveries \
-     WHERE status = 'pending' AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT $3 \
+     WHERE status = 'pending' AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT ($3 + 0) \
      FOR UPDATE SKIP LOCKED) RETURNING id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
      last_status_code, last_error, created_at_ms, completed_at_ms";
 pub const GET_EVENT: &str =
@@ -195,12 +214,12 @@ pub const INSERT_ATTEMPT: &str = "INSERT INTO webhook_attempts (delivery_id, att
 pub const FINISH_DELIVERY: &str = "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at_ms = $3, lease_until_ms = 0, \
      last_status_code = $4, last_error = $5, completed_at_ms = $6 WHERE id = $7";
 pub const LIST_EVENTS: &str = "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events \
-     WHERE (account_id = $1 OR account_id IN (SELECT id FROM accounts WHERE parent_id = $1)) AND id > $2 ORDER BY id LIMIT $3";
+     WHERE (account_id = $1 OR account_id IN (SELECT id FROM accounts WHERE parent_id = $1)) AND id > $2 ORDER BY id LIMIT ($3 + 0)";
 pub const DELIVERIES_OF_EVENT: &str = "SELECT id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
      last_status_code, last_error, created_at_ms, completed_at_ms FROM webhook_deliveries WHERE event_id = $1 ORDER BY id";
 pub const LIST_DELIVERIES: &str = "SELECT id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
      last_status_code, last_error, created_at_ms, completed_at_ms FROM webhook_deliveries \
-     WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4";
+     WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT ($4 + 0)";
 pub const ATTEMPTS_OF_EVENT: &str = "SELECT delivery_id, attempt, event_id, endpoint_id, at_ms, status_code, error, duration_ms \
      FROM webhook_attempts WHERE event_id = $1 ORDER BY at_ms, delivery_id, attempt";
 
@@ -223,7 +242,7 @@ pub const GET_SENDER: &str =
 pub const SENDER_BY_ADDRESS: &str = "SELECT id, account_id, channel, address, created_at_ms FROM senders \
      WHERE channel = $1 AND address = $2";
 pub const LIST_SENDERS: &str = "SELECT id, account_id, channel, address, created_at_ms FROM senders \
-     WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+     WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT ($3 + 0)";
 pub const DELETE_SENDER: &str = "DELETE FROM senders WHERE id = $1";
 /// The columns of `messages`, in the order every statement binds them.
 pub const MESSAGE_COLS: &str = message_cols!();
@@ -232,17 +251,17 @@ pub const LIST_MESSAGES: &str = concat!(
     "SELECT ",
     message_cols!(),
     " FROM messages WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR channel = $3) \
-     AND ($4 IS NULL OR direction = $4) AND ($5 IS NULL OR client_ref_bidx = $5) AND id > $6 ORDER BY id LIMIT $7"
+     AND ($4 IS NULL OR direction = $4) AND ($5 IS NULL OR client_ref_bidx = $5) AND id > $6 ORDER BY id LIMIT ($7 + 0)"
 );
 pub const CLAIM_MESSAGES_SQLITE: &str = concat!(
     "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE status = 'accepted' \
-     AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT $3) RETURNING ",
+     AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT ($3 + 0)) RETURNING ",
     message_cols!()
 );
 /// Several nodes claim at once: each skips rows another holds.
 pub const CLAIM_MESSAGES_PG: &str = concat!(
     "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE status = 'accepted' \
-     AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT $3 \
+     AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT ($3 + 0) \
      FOR UPDATE SKIP LOCKED) RETURNING ",
     message_cols!()
 );
@@ -252,10 +271,10 @@ pub const FINAL_MESSAGE: &str = "UPDATE messages SET status = $1, error_code = $
      updated_at_ms = $4, lease_until_ms = 0, content_ct = COALESCE($5, content_ct) WHERE id = $6 AND status = 'accepted'";
 pub const MATCHED_RECEIPTS_SQLITE: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
      FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
-     ORDER BY r.id LIMIT $1";
+     ORDER BY r.id LIMIT ($1 + 0)";
 pub const MATCHED_RECEIPTS_PG: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
      FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
-     ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED";
+     ORDER BY r.id LIMIT ($1 + 0) FOR UPDATE OF r SKIP LOCKED";
 pub const PURGE_RECEIPTS: &str = "DELETE FROM channel_receipts WHERE received_at_ms < $1";
 
 pub const UPSERT_CONSENT: &str = "INSERT INTO consents (account_id, channel, address_bidx, purpose, status, method, source, updated_at_ms) \
@@ -270,7 +289,7 @@ pub const INBOUND_FROM: &str = concat!(
     "SELECT ",
     message_cols!(),
     " FROM messages WHERE account_id = $1 AND channel = $2 AND peer_bidx = $3 AND direction = 'inbound' \
-     AND sender_id = $4 AND created_at_ms >= $5 ORDER BY created_at_ms, id LIMIT $6"
+     AND sender_id = $4 AND created_at_ms >= $5 ORDER BY created_at_ms, id LIMIT ($6 + 0)"
 );
 
 macro_rules! template_cols {
@@ -294,7 +313,7 @@ pub const GET_TEMPLATE: &str = concat!(
 pub const LIST_TEMPLATES: &str = concat!(
     "SELECT ",
     template_cols!(),
-    " FROM message_templates WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
+    " FROM message_templates WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT ($4 + 0)"
 );
 pub const REVIEW_TEMPLATE: &str = "UPDATE message_templates SET status = $1, review_note = $2, reviewed_by = $3, \
      reviewed_at_ms = $4 WHERE id = $5 AND status = 'pending'";
@@ -327,16 +346,16 @@ pub const GET_DISPATCH: &str = concat!(
 pub const LIST_DISPATCHES: &str = concat!(
     "SELECT ",
     dispatch_cols!(),
-    " FROM dispatches WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
+    " FROM dispatches WHERE account_id = $1 AND ($2 IS NULL OR status = $2) AND id > $3 ORDER BY id LIMIT ($4 + 0)"
 );
 pub const CLAIM_DISPATCHES_SQLITE: &str = concat!(
     "UPDATE dispatches SET lease_until_ms = $1 WHERE id IN (SELECT id FROM dispatches WHERE status = 'running' \
-     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3) RETURNING ",
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT ($3 + 0)) RETURNING ",
     dispatch_cols!()
 );
 pub const CLAIM_DISPATCHES_PG: &str = concat!(
     "UPDATE dispatches SET lease_until_ms = $1 WHERE id IN (SELECT id FROM dispatches WHERE status = 'running' \
-     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT ($3 + 0) FOR UPDATE SKIP LOCKED) RETURNING ",
     dispatch_cols!()
 );
 /// A nudge that came while the worker was looking makes the dispatch due at once.
@@ -392,12 +411,12 @@ pub const COUNT_RECENT_VERIFICATIONS: &str = "SELECT COUNT(*) AS n FROM verifica
      AND recipient_bidx = $2 AND created_at_ms >= $3";
 pub const CLAIM_VERIFICATIONS_SQLITE: &str = concat!(
     "UPDATE verifications SET lease_until_ms = $1 WHERE id IN (SELECT id FROM verifications WHERE status = 'pending' \
-     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3) RETURNING ",
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT ($3 + 0)) RETURNING ",
     verification_cols!()
 );
 pub const CLAIM_VERIFICATIONS_PG: &str = concat!(
     "UPDATE verifications SET lease_until_ms = $1 WHERE id IN (SELECT id FROM verifications WHERE status = 'pending' \
-     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+     AND wake_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY wake_at_ms LIMIT ($3 + 0) FOR UPDATE SKIP LOCKED) RETURNING ",
     verification_cols!()
 );
 pub const LEASE_VERIFICATION: &str = concat!(
@@ -473,7 +492,7 @@ pub const GET_FACTOR: &str = concat!(
 pub const LIST_FACTORS: &str = concat!(
     "SELECT ",
     factor_cols!(),
-    " FROM verify_factors WHERE account_id = $1 AND ($2 IS NULL OR user_ref_bidx = $2) AND id > $3 ORDER BY id LIMIT $4"
+    " FROM verify_factors WHERE account_id = $1 AND ($2 IS NULL OR user_ref_bidx = $2) AND id > $3 ORDER BY id LIMIT ($4 + 0)"
 );
 pub const DELETE_FACTOR_CODES: &str = "DELETE FROM verify_recovery_codes WHERE factor_id = $1";
 pub const DELETE_FACTOR: &str = "DELETE FROM verify_factors WHERE id = $1";
@@ -537,6 +556,9 @@ pub const ALL: &[&str] = &[
     INSERT_CONTACT,
     GET_CONTACT,
     LIST_CONTACTS,
+    LIST_CONTACTS_BY_REFERENCE,
+    LIST_CONTACTS_BY_PHONE,
+    LIST_CONTACTS_BY_EMAIL,
     UPDATE_CONTACT,
     ERASE_CONTACT,
     INSERT_ENDPOINT,
@@ -634,6 +656,16 @@ pub const ALL: &[&str] = &[
 #[cfg(test)]
 mod tests {
     #[test]
+    fn no_statement_limits_by_a_bare_parameter() {
+        for sql in super::ALL {
+            assert!(
+                !sql.contains("LIMIT $"),
+                "write LIMIT ($n + 0), not LIMIT $n (see the module's note): {sql}"
+            );
+        }
+    }
+
+    #[test]
     fn parameters_first_appear_in_order() {
         for sql in super::ALL {
             let mut highest = 0u32;
@@ -701,7 +733,13 @@ mod tests {
         for sql in [super::GET_TEMPLATE, super::LIST_TEMPLATES] {
             assert!(sql.contains(super::TEMPLATE_COLS));
         }
-        for sql in [super::GET_CONTACT, super::LIST_CONTACTS] {
+        for sql in [
+            super::GET_CONTACT,
+            super::LIST_CONTACTS,
+            super::LIST_CONTACTS_BY_REFERENCE,
+            super::LIST_CONTACTS_BY_PHONE,
+            super::LIST_CONTACTS_BY_EMAIL,
+        ] {
             assert!(sql.contains(super::CONTACT_COLS_));
         }
         for sql in [super::AUDIT_SELECT, super::AUDIT_EVENT, super::AUDIT_SCAN] {

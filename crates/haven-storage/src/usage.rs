@@ -10,7 +10,7 @@ use sqlx::Row;
 const LIST_USAGE: &str = "SELECT id, account_id, product, channel, resource_id, reference_id, country, units, unit, \
      unit_price_micros, currency, created_at_ms FROM usage_records WHERE account_id = $1 AND id > $2 AND id < $3 \
      AND ($4 IS NULL OR product = $4) AND ($5 IS NULL OR channel = $5) AND ($6 IS NULL OR country = $6) \
-     ORDER BY id LIMIT $7";
+     ORDER BY id LIMIT ($7 + 0)";
 const SUMMARIZE_USAGE: &str = "SELECT product, channel, country, currency, COUNT(*) AS records, \
      CAST(SUM(units) AS BIGINT) AS units, CAST(SUM(units * unit_price_micros) AS BIGINT) AS price_micros, \
      CAST(COUNT(*) - COUNT(unit_price_micros) AS BIGINT) AS unpriced FROM usage_records \
@@ -88,7 +88,7 @@ macro_rules! impl_usage_store {
                     .bind(&f.channel)
                     .bind(&f.country)
                     .bind(limit)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::usage_row).collect()
@@ -102,7 +102,7 @@ macro_rules! impl_usage_store {
                     .bind(&f.product)
                     .bind(&f.channel)
                     .bind(&f.country)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter()

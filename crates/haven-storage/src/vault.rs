@@ -57,7 +57,7 @@ macro_rules! impl_vault_store {
                 let row = sqlx::query(sql::ACTIVE_ACCOUNT_KEY)
                     .bind(account_id)
                     .bind(purpose.as_str())
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::account_key_row(&r)).transpose()
@@ -66,7 +66,7 @@ macro_rules! impl_vault_store {
             async fn get_account_key(&self, id: &str) -> StoreResult<Option<AccountKeyRecord>> {
                 let row = sqlx::query(sql::GET_ACCOUNT_KEY)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::account_key_row(&r)).transpose()
@@ -118,7 +118,7 @@ macro_rules! impl_vault_store {
                 let rows = sqlx::query(sql::DATA_KEYS_DUE)
                     .bind(before_ms)
                     .bind(limit)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::account_key_row).collect()
@@ -142,22 +142,7 @@ macro_rules! impl_vault_store {
                 &self,
                 subject_id: &str,
             ) -> StoreResult<Option<SubjectKeyRecord>> {
-                let row = sqlx::query(sql::GET_SUBJECT_KEY)
-                    .bind(subject_id)
-                    .fetch_optional(self.r())
-                    .await
-                    .map_err(backend)?;
-                row.map(|r| {
-                    Ok(SubjectKeyRecord {
-                        subject_id: r.try_get("subject_id").map_err(backend)?,
-                        account_id: r.try_get("account_id").map_err(backend)?,
-                        key_id: r.try_get("key_id").map_err(backend)?,
-                        data_key_id: r.try_get("data_key_id").map_err(backend)?,
-                        wrapped: r.try_get("wrapped").map_err(backend)?,
-                        created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
-                    })
-                })
-                .transpose()
+                self.read_subject_key(subject_id).await
             }
 
             async fn delete_subject_key(&self, subject_id: &str) -> StoreResult<bool> {
@@ -179,7 +164,7 @@ macro_rules! impl_vault_store {
                     (sql::WRAPPED_ACCOUNT, WrappedKind::AccountKey),
                 ] {
                     let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(q)
-                        .fetch_all(self.r())
+                        .fetch_all(&mut *self.rc().await?)
                         .await
                         .map_err(backend)?;
                     out.extend(rows.into_iter().map(|(id, wrapped)| WrappedItem {
@@ -238,7 +223,7 @@ macro_rules! impl_vault_store {
             async fn get_contact(&self, id: &str) -> StoreResult<Option<ContactRow>> {
                 let row = sqlx::query(sql::GET_CONTACT)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::contact_row(&r)).transpose()
@@ -250,17 +235,7 @@ macro_rules! impl_vault_store {
                 filter: &IndexFilter,
                 page: &PageRequest,
             ) -> StoreResult<Vec<ContactRow>> {
-                let rows = sqlx::query(sql::LIST_CONTACTS)
-                    .bind(account_id)
-                    .bind(page.after.as_deref().unwrap_or(""))
-                    .bind(&filter.reference)
-                    .bind(&filter.phone)
-                    .bind(&filter.email)
-                    .bind(page.fetch_limit())
-                    .fetch_all(self.r())
-                    .await
-                    .map_err(backend)?;
-                rows.iter().map(Self::contact_row).collect()
+                self.read_contacts(account_id, filter, page).await
             }
 
             async fn update_contact(&self, c: &ContactRow) -> StoreResult<bool> {
@@ -296,7 +271,7 @@ macro_rules! impl_vault_store {
                 self.after_shred().await;
                 let row = sqlx::query(sql::GET_CONTACT)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::contact_row(&r)).transpose()
@@ -336,4 +311,134 @@ impl PgStore {
 }
 
 impl_vault_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+
+fn inline_subject_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<SubjectKeyRecord> {
+    Ok(SubjectKeyRecord {
+        subject_id: r.get("subject_id")?,
+        account_id: r.get("account_id")?,
+        key_id: r.get("key_id")?,
+        data_key_id: r.get("data_key_id")?,
+        wrapped: r.get("wrapped")?,
+        created_at_ms: r.get("created_at_ms")?,
+    })
+}
+
+fn inline_contact(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContactRow> {
+    Ok(ContactRow {
+        id: r.get("id")?,
+        account_id: r.get("account_id")?,
+        reference_bidx: r.get("reference_bidx")?,
+        phone_bidx: r.get("phone_bidx")?,
+        email_bidx: r.get("email_bidx")?,
+        reference_ct: r.get("reference_ct")?,
+        name_ct: r.get("name_ct")?,
+        phone_ct: r.get("phone_ct")?,
+        email_ct: r.get("email_ct")?,
+        attributes_ct: r.get("attributes_ct")?,
+        created_at_ms: r.get("created_at_ms")?,
+        updated_at_ms: r.get("updated_at_ms")?,
+        erased_at_ms: r.get("erased_at_ms")?,
+    })
+}
+
+/// The statement for a filter: by one blind index when only one is given (every send looks its
+/// recipient up so), and the one bound to it; otherwise the general text.
+fn contacts_query(filter: &IndexFilter) -> (&'static str, Option<&[u8]>) {
+    match (&filter.reference, &filter.phone, &filter.email) {
+        (Some(r), None, None) => (sql::LIST_CONTACTS_BY_REFERENCE, Some(r)),
+        (None, Some(p), None) => (sql::LIST_CONTACTS_BY_PHONE, Some(p)),
+        (None, None, Some(e)) => (sql::LIST_CONTACTS_BY_EMAIL, Some(e)),
+        _ => (sql::LIST_CONTACTS, None),
+    }
+}
+
+macro_rules! read_contacts_sqlx {
+    ($self:ident, $account_id:ident, $filter:ident, $page:ident) => {{
+        let after = $page.after.as_deref().unwrap_or("");
+        let q = match contacts_query($filter) {
+            (text, Some(index)) => sqlx::query(text).bind($account_id).bind(after).bind(index),
+            (text, None) => sqlx::query(text)
+                .bind($account_id)
+                .bind(after)
+                .bind(&$filter.reference)
+                .bind(&$filter.phone)
+                .bind(&$filter.email),
+        };
+        let rows = q
+            .bind($page.fetch_limit())
+            .fetch_all(&mut *$self.rc().await?)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(Self::contact_row).collect()
+    }};
+}
+
+impl SqliteStore {
+    async fn read_subject_key(&self, subject_id: &str) -> StoreResult<Option<SubjectKeyRecord>> {
+        self.inline.read(|c| {
+            use rusqlite::OptionalExtension;
+            c.prepare_cached(sql::GET_SUBJECT_KEY)?
+                .query_row([subject_id], inline_subject_key)
+                .optional()
+        })
+    }
+
+    /// A lookup by one blind index (every send does one, and finds one contact or none) runs
+    /// on the caller's thread (see `inline`); pages of the list stay on sqlx.
+    async fn read_contacts(
+        &self,
+        account_id: &str,
+        filter: &IndexFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<ContactRow>> {
+        if let (text, Some(index)) = contacts_query(filter)
+            && page.size <= 1
+        {
+            return self.inline.read(|c| {
+                c.prepare_cached(text)?
+                    .query_map(
+                        rusqlite::params![
+                            account_id,
+                            page.after.as_deref().unwrap_or(""),
+                            index,
+                            page.fetch_limit()
+                        ],
+                        inline_contact,
+                    )?
+                    .collect()
+            });
+        }
+        read_contacts_sqlx!(self, account_id, filter, page)
+    }
+}
+
+impl PgStore {
+    async fn read_subject_key(&self, subject_id: &str) -> StoreResult<Option<SubjectKeyRecord>> {
+        let row = sqlx::query(sql::GET_SUBJECT_KEY)
+            .bind(subject_id)
+            .fetch_optional(&mut *self.rc().await?)
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            Ok(SubjectKeyRecord {
+                subject_id: r.try_get("subject_id").map_err(backend)?,
+                account_id: r.try_get("account_id").map_err(backend)?,
+                key_id: r.try_get("key_id").map_err(backend)?,
+                data_key_id: r.try_get("data_key_id").map_err(backend)?,
+                wrapped: r.try_get("wrapped").map_err(backend)?,
+                created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn read_contacts(
+        &self,
+        account_id: &str,
+        filter: &IndexFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<ContactRow>> {
+        read_contacts_sqlx!(self, account_id, filter, page)
+    }
+}
 impl_vault_store!(PgStore, sqlx::postgres::PgRow);

@@ -189,7 +189,7 @@ macro_rules! impl_verify_store {
             async fn get_verify_policy(&self, account_id: &str) -> StoreResult<Option<String>> {
                 let row = sqlx::query(sql::GET_VERIFY_POLICY)
                     .bind(account_id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| r.try_get("policy").map_err(backend))
@@ -231,7 +231,7 @@ macro_rules! impl_verify_store {
                 };
                 let row = q
                     .bind(since_ms)
-                    .fetch_one(self.r())
+                    .fetch_one(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.try_get("n").map_err(backend)
@@ -249,7 +249,7 @@ macro_rules! impl_verify_store {
                     .bind(prefix)
                     .bind(since_ms)
                     .bind(young_after_ms)
-                    .fetch_one(self.r())
+                    .fetch_one(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 Ok((
@@ -266,7 +266,7 @@ macro_rules! impl_verify_store {
                 let row = sqlx::query(sql::GET_BLOCKED_PREFIX)
                     .bind(account_id)
                     .bind(prefix)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::blocked_row(&r)).transpose()
@@ -278,7 +278,7 @@ macro_rules! impl_verify_store {
             ) -> StoreResult<Vec<BlockedPrefix>> {
                 let rows = sqlx::query(sql::LIST_BLOCKED_PREFIXES)
                     .bind(account_id)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::blocked_row).collect()
@@ -331,7 +331,7 @@ macro_rules! impl_verify_store {
             async fn get_verification(&self, id: &str) -> StoreResult<Option<VerificationRow>> {
                 let row = sqlx::query(sql::GET_VERIFICATION)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::verification_row(&r)).transpose()
@@ -340,7 +340,7 @@ macro_rules! impl_verify_store {
             async fn verification_steps(&self, id: &str) -> StoreResult<Vec<VerifyStepRow>> {
                 let rows = sqlx::query(sql::VERIFICATION_STEPS)
                     .bind(id)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter()
@@ -515,7 +515,7 @@ macro_rules! impl_factor_store {
             async fn get_factor(&self, id: &str) -> StoreResult<Option<FactorRow>> {
                 let row = sqlx::query(sql::GET_FACTOR)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::factor_row(&r)).transpose()
@@ -532,7 +532,7 @@ macro_rules! impl_factor_store {
                     .bind(user_ref_bidx)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::factor_row).collect()
@@ -624,7 +624,7 @@ macro_rules! impl_factor_store {
             async fn recovery_codes_left(&self, id: &str) -> StoreResult<i64> {
                 let row = sqlx::query(sql::RECOVERY_CODES_LEFT)
                     .bind(id)
-                    .fetch_one(self.r())
+                    .fetch_one(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.try_get("n").map_err(backend)

@@ -123,7 +123,7 @@ macro_rules! impl_webhook_store {
             async fn get_endpoint(&self, id: &str) -> StoreResult<Option<EndpointRow>> {
                 let row = sqlx::query(sql::GET_ENDPOINT)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::endpoint_row(&r)).transpose()
@@ -138,7 +138,7 @@ macro_rules! impl_webhook_store {
                     .bind(account_id)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::endpoint_row).collect()
@@ -212,7 +212,7 @@ macro_rules! impl_webhook_store {
             async fn parent_of(&self, account_id: &str) -> StoreResult<Option<String>> {
                 let row: Option<(Option<String>,)> = sqlx::query_as(sql::PARENT_OF)
                     .bind(account_id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 Ok(row.and_then(|r| r.0))
@@ -221,7 +221,7 @@ macro_rules! impl_webhook_store {
             async fn unfanned_events(&self, limit: i64) -> StoreResult<Vec<EventRow>> {
                 let rows = sqlx::query(sql::UNFANNED_EVENTS)
                     .bind(limit)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::event_row).collect()
@@ -233,7 +233,7 @@ macro_rules! impl_webhook_store {
             ) -> StoreResult<Vec<(String, String, Vec<String>)>> {
                 let rows: Vec<(String, String, String)> = sqlx::query_as(sql::ENDPOINTS_FOR)
                     .bind(account_id)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.into_iter()
@@ -282,7 +282,7 @@ macro_rules! impl_webhook_store {
             async fn get_event(&self, id: &str) -> StoreResult<Option<EventRow>> {
                 let row = sqlx::query(sql::GET_EVENT)
                     .bind(id)
-                    .fetch_optional(self.r())
+                    .fetch_optional(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 row.map(|r| Self::event_row(&r)).transpose()
@@ -342,7 +342,7 @@ macro_rules! impl_webhook_store {
                     .bind(account_id)
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::event_row).collect()
@@ -351,7 +351,7 @@ macro_rules! impl_webhook_store {
             async fn deliveries_of_event(&self, event_id: &str) -> StoreResult<Vec<DeliveryRow>> {
                 let rows = sqlx::query(sql::DELIVERIES_OF_EVENT)
                     .bind(event_id)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::delivery_row).collect()
@@ -368,7 +368,7 @@ macro_rules! impl_webhook_store {
                     .bind(status.map(DeliveryStatus::as_str))
                     .bind(page.after.as_deref().unwrap_or(""))
                     .bind(page.fetch_limit())
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::delivery_row).collect()
@@ -377,7 +377,7 @@ macro_rules! impl_webhook_store {
             async fn attempts_of_event(&self, event_id: &str) -> StoreResult<Vec<AttemptRow>> {
                 let rows = sqlx::query(sql::ATTEMPTS_OF_EVENT)
                     .bind(event_id)
-                    .fetch_all(self.r())
+                    .fetch_all(&mut *self.rc().await?)
                     .await
                     .map_err(backend)?;
                 rows.iter()
