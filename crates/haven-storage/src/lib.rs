@@ -333,6 +333,57 @@ impl std::ops::DerefMut for ReadConn<'_> {
     }
 }
 
+/// How often the WAL is copied back into the database file, on a connection of its own.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL frames (pages) past which the checkpointer makes the log start over (256 MiB of 4 KiB
+/// pages).
+const WAL_TRUNCATE_FRAMES: i64 = 65_536;
+
+/// Checkpoints the WAL in the background (`PASSIVE`: it copies what no reader still needs and
+/// never blocks the writer or a reader), so that no commit pays for it. The loop ends with the
+/// store (the last handle on its writer dropped); SQLite checkpoints once more when the last
+/// connection closes.
+async fn checkpoint_loop(
+    mut conn: SqliteConnection,
+    store: std::sync::Weak<tokio::sync::Mutex<Option<SqliteConnection>>>,
+) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if store.strong_count() == 0 {
+            let _ = sqlx::Connection::close(conn).await;
+            return;
+        }
+        let started = std::time::Instant::now();
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
+            .await
+        {
+            Ok((_, log, done)) => {
+                metrics::histogram!("haven_sqlite_checkpoint_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                // The WAL starts over only at a moment when no reader is in it, which a steady
+                // load may not leave: past a bound, wait for one (the writer waits meanwhile).
+                if log >= WAL_TRUNCATE_FRAMES && log == done {
+                    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(&mut conn)
+                        .await;
+                    metrics::counter!("haven_sqlite_wal_truncations_total").increment(1);
+                }
+                metrics::gauge!("haven_sqlite_wal_frames").set(log.max(0) as f64);
+                metrics::gauge!("haven_sqlite_wal_frames_pending").set((log - done).max(0) as f64);
+            }
+            Err(e) => {
+                if sqlx::Connection::ping(&mut conn).await.is_err() {
+                    return;
+                }
+                tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
+            }
+        }
+    }
+}
+
 /// Prepared statements kept per connection. The group commits' set-based statements come in a
 /// few sizes each (see `bulk`), so the writer uses a few hundred texts; with sqlx's default of
 /// 100 they pushed each other out and were parsed again and again.
@@ -358,9 +409,21 @@ impl SqliteStore {
             // Deleted content (a destroyed subject key) is overwritten, not left in free pages.
             .pragma("secure_delete", "ON")
             .statement_cache_capacity(STATEMENT_CACHE);
-        let writer = sqlx::ConnectOptions::connect(&base.clone().create_if_missing(true))
+        // The writer never checkpoints: the commit that crosses SQLite's threshold (1,000 pages)
+        // would copy the WAL into the database and sync it while every other writer waits.
+        let writer = sqlx::ConnectOptions::connect(
+            &base
+                .clone()
+                .create_if_missing(true)
+                .pragma("wal_autocheckpoint", "0"),
+        )
+        .await
+        .map_err(backend)?;
+        let checkpointer = sqlx::ConnectOptions::connect(&base)
             .await
             .map_err(backend)?;
+        let writer = Arc::new(tokio::sync::Mutex::new(Some(writer)));
+        tokio::spawn(checkpoint_loop(checkpointer, Arc::downgrade(&writer)));
         let inline = Arc::new(inline::InlineReaders::new(base.get_filename().to_owned()));
         let readers = base.read_only(true);
         let mut idle = Vec::new();
@@ -376,7 +439,7 @@ impl SqliteStore {
             idle: std::sync::Mutex::new(idle),
         });
         Ok(Self {
-            writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            writer,
             background: Arc::new(tokio::sync::Mutex::new(())),
             reader,
             inline,

@@ -151,6 +151,30 @@ async fn health_metrics_and_logs(backend: Backend) {
         ] {
             assert!(metrics.contains(name), "{name} missing:\n{metrics}");
         }
+        // The WAL is checkpointed in the background, every 500 ms, and not by the writer.
+        let mut seen = String::new();
+        for _ in 0..40 {
+            seen = s
+                .client
+                .get(s.url("/metrics"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .text()
+                .await
+                .unwrap_or_default();
+            if seen.contains("haven_sqlite_checkpoint_seconds_count") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for name in [
+            "haven_sqlite_checkpoint_seconds_count",
+            "haven_sqlite_wal_frames ",
+            "haven_sqlite_wal_frames_pending ",
+        ] {
+            assert!(seen.contains(name), "{name} missing:\n{seen}");
+        }
     }
     // Logs are JSON lines, with the request id and route, and without secrets.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
