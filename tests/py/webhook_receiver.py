@@ -10,6 +10,10 @@ request it reads, fresh from DIR:
   mode         "ok" (default), "fail" (always 500), or "fail-first N" (500 for
                the first N attempts of each webhook-id, then 200)
   delay_ms     sleep before answering (a slow receiver)
+  hold         N: while this file exists, every request after the first N
+               this receiver has seen is held unanswered (a delivery in
+               flight); when the file goes, each held request is answered 503
+               and logged with "held": true, so it never counts as accepted
 It appends one JSON line per request to DIR/log.jsonl:
   {"webhook_id", "attempt", "verified", "status", "type", "data", "signatures"}
 """
@@ -26,6 +30,7 @@ from standardwebhooks.webhooks import Webhook
 DIR = sys.argv[1]
 LOCK = threading.Lock()
 SEEN = {}
+ARRIVED = [0]
 
 
 def read(name, default=""):
@@ -54,8 +59,20 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             SEEN[msg_id] = SEEN.get(msg_id, 0) + 1
             attempt = SEEN[msg_id]
+            ARRIVED[0] += 1
+            arrival = ARRIVED[0]
+            with open(os.path.join(DIR, "arrivals"), "w") as f:
+                f.write(str(arrival))
+        hold = read("hold", "")
+        held = bool(hold) and arrival > int(hold)
+        if held:
+            deadline = time.monotonic() + 120
+            while os.path.exists(os.path.join(DIR, "hold")) and time.monotonic() < deadline:
+                time.sleep(0.02)
         mode = read("mode", "ok")
-        if not verified:
+        if held:
+            status = 503
+        elif not verified:
             status = 401
         elif mode == "fail":
             status = 500
@@ -74,12 +91,17 @@ class Handler(BaseHTTPRequestHandler):
         line = {"webhook_id": msg_id, "attempt": attempt, "verified": verified,
                 "status": status, "type": event_type, "data": data,
                 "signatures": len(headers.get("webhook-signature", "").split())}
+        if held:
+            line["held"] = True
         with LOCK:
             with open(os.path.join(DIR, "log.jsonl"), "a") as f:
                 f.write(json.dumps(line) + "\n")
-        self.send_response(status)
-        self.send_header("content-length", "0")
-        self.end_headers()
+        try:
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+        except OSError:
+            pass  # the sender is gone (killed while this request was held)
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
