@@ -7,6 +7,7 @@ mod bulk;
 mod dispatch;
 mod inline;
 mod messages;
+mod pgpoint;
 mod rows;
 mod sql;
 mod usage;
@@ -489,10 +490,12 @@ impl SqliteStore {
     }
 }
 
-/// PostgreSQL: one pool; concurrency control is the database's.
+/// PostgreSQL: one pool; concurrency control is the database's. The point reads behind every
+/// send skip the pool's round trips (see `pgpoint`).
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    point: Arc<pgpoint::PointReaders>,
 }
 
 impl PgStore {
@@ -504,10 +507,14 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(backend)?;
-        Ok(Self { pool })
+        let point = Arc::new(pgpoint::PointReaders::new(
+            options,
+            point_readers(opts.max_connections),
+        ));
+        Ok(Self { pool, point })
     }
     /// A connection for reads.
     async fn rc(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
@@ -526,6 +533,12 @@ impl PgStore {
 fn json_list(items: impl IntoIterator<Item = String>) -> String {
     serde_json::to_string(&items.into_iter().collect::<Vec<_>>())
         .unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// How many plain connections serve PostgreSQL point reads, beside the pool of
+/// `database.max_connections`: half as many, at least two.
+pub fn point_readers(max_connections: u32) -> usize {
+    (max_connections as usize / 2).max(2)
 }
 
 impl SqliteStore {

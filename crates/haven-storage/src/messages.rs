@@ -838,13 +838,13 @@ impl PgStore {
         channel: &str,
         address_bidx: &[u8],
     ) -> StoreResult<Vec<ConsentRow>> {
-        let rows = sqlx::query(sql::CONSENTS_FOR)
-            .bind(account_id)
-            .bind(channel)
-            .bind(address_bidx)
-            .fetch_all(&mut *self.rc().await?)
-            .await
-            .map_err(backend)?;
+        let rows = crate::pgpoint::point_read!(self.point, |c| {
+            sqlx::query(sql::CONSENTS_FOR)
+                .bind(account_id)
+                .bind(channel)
+                .bind(address_bidx)
+                .fetch_all(c)
+        })?;
         rows.iter()
             .map(|r| {
                 Ok(ConsentRow {

@@ -414,11 +414,11 @@ impl SqliteStore {
 
 impl PgStore {
     async fn read_subject_key(&self, subject_id: &str) -> StoreResult<Option<SubjectKeyRecord>> {
-        let row = sqlx::query(sql::GET_SUBJECT_KEY)
-            .bind(subject_id)
-            .fetch_optional(&mut *self.rc().await?)
-            .await
-            .map_err(backend)?;
+        let row = crate::pgpoint::point_read!(self.point, |c| {
+            sqlx::query(sql::GET_SUBJECT_KEY)
+                .bind(subject_id)
+                .fetch_optional(c)
+        })?;
         row.map(|r| {
             Ok(SubjectKeyRecord {
                 subject_id: r.try_get("subject_id").map_err(backend)?,
@@ -432,12 +432,29 @@ impl PgStore {
         .transpose()
     }
 
+    /// A lookup by one blind index (every send does one) goes to the point readers; pages of
+    /// the list stay on the pool.
     async fn read_contacts(
         &self,
         account_id: &str,
         filter: &IndexFilter,
         page: &PageRequest,
     ) -> StoreResult<Vec<ContactRow>> {
+        if let (text, Some(index)) = contacts_query(filter)
+            && page.size <= 1
+        {
+            let after = page.after.as_deref().unwrap_or("");
+            let limit = page.fetch_limit();
+            let rows = crate::pgpoint::point_read!(self.point, |c| {
+                sqlx::query(text)
+                    .bind(account_id)
+                    .bind(after)
+                    .bind(index)
+                    .bind(limit)
+                    .fetch_all(c)
+            })?;
+            return rows.iter().map(Self::contact_row).collect();
+        }
         read_contacts_sqlx!(self, account_id, filter, page)
     }
 }

@@ -771,3 +771,95 @@ async fn consent_keywords_and_opt_outs(backend: Backend) {
     )
     .await;
 }
+
+/// PostgreSQL restarting or failing over severs every connection Haven holds. The next sends
+/// are accepted all the same (the point readers and the pool reconnect instead of failing the
+/// request), and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn severed_postgresql_connections_cost_no_send() {
+    use sqlx::Connection;
+    let Some(admin_url) = crate::common::postgres_url() else {
+        return;
+    };
+    let smsc = Smsc::start();
+    let (s, _cfg) = start(Backend::Postgres, &smsc.config("primary"), &[]).await;
+    register(&s, "sms", "+14155550199").await;
+    let (st, contact) = send(s.admin(Method::POST, "/v1/contacts").json(&json!({
+        "reference": "MRN-PG-1", "phone_number": "+14155550100"
+    })))
+    .await;
+    assert_eq!(st, 201, "{contact}");
+    smsc.wait_bound().await;
+    let body = json!({ "channel": "sms", "to": "+14155550100", "from": "+14155550199",
+                       "text": "Your results are ready." });
+    let first = post_message(&s, body.clone()).await;
+    assert_eq!(first["contact_id"], contact["id"], "{first}");
+    wait_status(&s, first["id"].as_str().unwrap_or_default(), &["delivered"], 30).await;
+
+    let db = s
+        .database_url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .unwrap_or_default()
+        .to_owned();
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(pids.len() >= 2, "haven holds connections: {pids:?}");
+    for pid in &pids {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&pids)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} backends still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = admin.close().await;
+
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let m = post_message(&s, body.clone()).await;
+        assert_eq!(m["contact_id"], contact["id"], "{m}");
+        ids.push(m["id"].as_str().unwrap_or_default().to_owned());
+    }
+    for id in &ids {
+        wait_status(&s, id, &["delivered"], 30).await;
+    }
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    let reconnects: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("haven_pg_reader_reconnects_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "the point readers reconnected: {metrics}");
+}
