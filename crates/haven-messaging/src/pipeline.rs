@@ -67,6 +67,16 @@ pub fn decide(t: &ReceiptTarget, _now_ms: i64) -> Option<StatusChange> {
     })
 }
 
+/// The next message handed over by acceptance; never, once there is no queue.
+async fn next_handed(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<MessageRow>>,
+) -> Option<MessageRow> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Exponential backoff from 1 s up to `max`, with up to 20% jitter.
 fn backoff(attempts: i64, max: Duration) -> Duration {
     let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
@@ -308,67 +318,122 @@ impl Messaging {
         })
     }
 
-    /// This node's sending loop: leases due messages and sends them, at most `concurrency` at
-    /// once. Runs until the task is dropped.
+    /// This node's sending loop: sends what this node accepted and leased to itself (handed
+    /// over at once), and leases the rest of what is due from the store (retries, held
+    /// messages, what other nodes or an earlier run left) at most once per
+    /// [`BACKGROUND_PACE`]; at most `concurrency` sends at once. Runs until the task is dropped.
     pub async fn run_sender(self: Arc<Self>) {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let (queue, rx) = tokio::sync::mpsc::channel(self.settings.concurrency.max(1));
+        let mut handed = self.handoff.set(queue).is_ok().then_some(rx);
+        // When the next claim may run; `idle` when the last one found less than it asked for
+        // (then the next waits for a wake or the poll, not just the pace).
+        let mut claim_at = tokio::time::Instant::now();
+        let mut earliest = claim_at;
+        let mut idle = false;
         loop {
-            let free = permits.available_permits();
-            if free == 0 {
+            if permits.available_permits() == 0 {
                 // Every permit is taken: wait for one to come back.
                 if let Ok(p) = Arc::clone(&permits).acquire_owned().await {
                     drop(p);
                 }
                 continue;
             }
-            let now = now_ms();
-            let lease_until = now + ms(self.settings.lease);
-            let limit = free.min(self.settings.batch_max);
-            let started = std::time::Instant::now();
-            let claim = self
-                .store
-                .claim_due(now, lease_until, i64::try_from(limit).unwrap_or(1))
-                .await;
-            metrics::histogram!("haven_message_claim_seconds")
-                .record(started.elapsed().as_secs_f64());
-            let mut claimed = 0;
-            match claim {
-                Ok(rows) => {
-                    claimed = rows.len();
-                    metrics::histogram!("haven_message_claim_size").record(claimed as f64);
-                    for row in rows {
-                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                            return;
-                        };
-                        let me = Arc::clone(&self);
-                        tokio::spawn(async move {
-                            let id = row.id.clone();
-                            let workflow = row.workflow_id.is_some();
-                            let outcome = me.attempt(row).await;
-                            let wrote_event = !matches!(outcome, Outcome::Retry { .. });
-                            if let Err(e) = me.outcome_writer.submit(outcome).await {
-                                // The lease runs out and the message is tried again.
-                                tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
-                            } else if wrote_event {
-                                me.events_written();
-                                if workflow {
-                                    me.changed(std::slice::from_ref(&id)).await;
-                                }
-                            }
-                            drop(permit);
-                        });
-                    }
+            if tokio::time::Instant::now() >= claim_at {
+                let started = tokio::time::Instant::now();
+                let limit = permits.available_permits().min(self.settings.batch_max);
+                let claimed = self.claim_and_send(&permits, limit).await;
+                idle = claimed < limit;
+                // Claims are background writes: at most one per pace, so under load each takes
+                // many messages and acceptance gets the write connection in between.
+                earliest = started + BACKGROUND_PACE;
+                claim_at = if idle {
+                    started + self.settings.poll.max(BACKGROUND_PACE)
+                } else {
+                    earliest
+                };
+                continue;
+            }
+            tokio::select! {
+                row = next_handed(&mut handed) => match row {
+                    Some(row) => self.send_handed(&permits, row).await,
+                    None => handed = None,
+                },
+                () = self.wake_sender.notified(), if idle => {
+                    // Something new is due in the store: claim it, but not before the pace.
+                    claim_at = earliest;
+                    idle = false;
                 }
-                Err(e) => tracing::warn!(error = %e, "claiming due messages failed"),
+                () = tokio::time::sleep_until(claim_at) => {}
             }
-            if claimed < limit {
-                // Everything due is out: wait for a new message or the poll (retries).
-                let _ = tokio::time::timeout(self.settings.poll, self.wake_sender.notified()).await;
-            }
-            // Claims are background writes: at most one per pace, so under load each takes
-            // many messages and acceptance gets the write connection in between.
-            tokio::time::sleep_until((started + BACKGROUND_PACE).into()).await;
         }
+    }
+
+    /// Leases up to `limit` due messages from the store and starts sending each; returns how
+    /// many it leased.
+    async fn claim_and_send(self: &Arc<Self>, permits: &Arc<Semaphore>, limit: usize) -> usize {
+        let now = now_ms();
+        let lease_until = now + ms(self.settings.lease);
+        let started = std::time::Instant::now();
+        let claim = self
+            .store
+            .claim_due(now, lease_until, i64::try_from(limit).unwrap_or(1))
+            .await;
+        metrics::histogram!("haven_message_claim_seconds").record(started.elapsed().as_secs_f64());
+        match claim {
+            Ok(rows) => {
+                let claimed = rows.len();
+                metrics::histogram!("haven_message_claim_size").record(claimed as f64);
+                for row in rows {
+                    let Ok(permit) = Arc::clone(permits).acquire_owned().await else {
+                        return claimed;
+                    };
+                    self.start_attempt(row, permit);
+                }
+                claimed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming due messages failed");
+                0
+            }
+        }
+    }
+
+    /// Starts sending a message this node leased to itself when it accepted it, unless the
+    /// lease is too far spent to finish inside it: then it is left for a claim once the
+    /// lease runs out, so no two sends of it ever overlap.
+    async fn send_handed(self: &Arc<Self>, permits: &Arc<Semaphore>, row: MessageRow) {
+        let Ok(permit) = Arc::clone(permits).acquire_owned().await else {
+            return;
+        };
+        let budget = ms(self.settings.lease.mul_f64(0.8));
+        if now_ms().saturating_add(budget) > row.lease_until_ms {
+            metrics::counter!("haven_messages_handoff_total", "result" => "expired").increment(1);
+            return;
+        }
+        metrics::counter!("haven_messages_handoff_total", "result" => "sent").increment(1);
+        self.start_attempt(row, permit);
+    }
+
+    /// One send in a task of its own, holding `permit` until its outcome is recorded.
+    fn start_attempt(self: &Arc<Self>, row: MessageRow, permit: tokio::sync::OwnedSemaphorePermit) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let id = row.id.clone();
+            let workflow = row.workflow_id.is_some();
+            let outcome = me.attempt(row).await;
+            let wrote_event = !matches!(outcome, Outcome::Retry { .. });
+            if let Err(e) = me.outcome_writer.submit(outcome).await {
+                // The lease runs out and the message is tried again.
+                tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
+            } else if wrote_event {
+                me.events_written();
+                if workflow {
+                    me.changed(std::slice::from_ref(&id)).await;
+                }
+            }
+            drop(permit);
+        });
     }
 
     /// Matches stored receipts to their messages. Runs until the task is dropped.
@@ -464,6 +529,7 @@ impl Messaging {
             error_reason: None,
             attempts: 0,
             next_attempt_at_ms: 0,
+            lease_until_ms: 0,
             expires_at_ms: 0,
             created_by: None,
             created_at_ms: at_ms.min(now),

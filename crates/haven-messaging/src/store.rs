@@ -46,6 +46,10 @@ pub struct MessageRow {
     pub error_reason: Option<String>,
     pub attempts: i64,
     pub next_attempt_at_ms: i64,
+    /// Until when a sending worker holds it. Written on insert (a node that accepts a message
+    /// it can send at once leases it to itself, see `pipeline`), then only by the claims and
+    /// outcomes; reads do not load it and leave it 0.
+    pub lease_until_ms: i64,
     pub expires_at_ms: i64,
     /// The credential that sent it (outbound).
     pub created_by: Option<String>,

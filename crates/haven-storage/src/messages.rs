@@ -82,6 +82,7 @@ macro_rules! impl_message_store {
                     error_reason: r.try_get("error_reason").map_err(backend)?,
                     attempts: r.try_get("attempts").map_err(backend)?,
                     next_attempt_at_ms: r.try_get("next_attempt_at_ms").map_err(backend)?,
+                    lease_until_ms: 0,
                     expires_at_ms: r.try_get("expires_at_ms").map_err(backend)?,
                     created_by: r.try_get("created_by").map_err(backend)?,
                     created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
@@ -371,9 +372,9 @@ macro_rules! impl_message_store {
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
-                        "INSERT INTO messages ({}) VALUES {}",
+                        "INSERT INTO messages ({}, lease_until_ms) VALUES {}",
                         sql::MESSAGE_COLS,
-                        bulk::values(Self::PH, r.len(), 27, 1, "")
+                        bulk::values(Self::PH, r.len(), 28, 1, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for (m, _) in &rows[r] {
@@ -404,7 +405,8 @@ macro_rules! impl_message_store {
                             .bind(m.submitted_at_ms)
                             .bind(m.final_at_ms)
                             .bind(&m.peer_bidx)
-                            .bind(&m.workflow_id);
+                            .bind(&m.workflow_id)
+                            .bind(m.lease_until_ms);
                     }
                     q.execute(&mut *tx).await.map_err(backend)?;
                 }
@@ -545,7 +547,6 @@ macro_rules! impl_message_store {
                         done.insert(row.try_get::<String, _>(0).map_err(backend)?);
                     }
                 }
-                let mut ids = Vec::new();
                 let mut parts = Vec::new();
                 let mut usage = Vec::new();
                 for o in submitted {
@@ -560,7 +561,6 @@ macro_rules! impl_message_store {
                     } = o
                         && done.contains(message_id)
                     {
-                        ids.push(message_id);
                         for (i, pid) in provider_ids.iter().enumerate() {
                             parts.push((message_id, i64::try_from(i).unwrap_or(i64::MAX), route, pid, *at_ms));
                         }
@@ -568,17 +568,9 @@ macro_rules! impl_message_store {
                         events.push(event.clone());
                     }
                 }
-                for r in bulk::chunks(ids.len()) {
-                    let text = format!(
-                        "DELETE FROM message_parts WHERE message_id IN ({})",
-                        bulk::list(Self::PH, r.len(), 1)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for id in &ids[r] {
-                        q = q.bind(*id);
-                    }
-                    q.execute(&mut *tx).await.map_err(backend)?;
-                }
+                // No parts to clear first: parts are written only here, in the transaction that
+                // moves the message out of `accepted`, and nothing moves a message back; a second
+                // send of it (an overlapping lease) fails the status check above and writes none.
                 for r in bulk::chunks(parts.len()) {
                     let text = format!(
                         "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, state) \

@@ -205,6 +205,9 @@ async fn sms_is_sent_receipted_and_answered(backend: Backend) {
         })
         .await;
     assert!(log.iter().all(|l| l["verified"] == true), "{log:?}");
+    // Each was sent straight from acceptance (leased to this node on insert), not claimed.
+    let handed = metric(&s, "haven_messages_handoff_total{result=\"sent\"}").await;
+    assert!(handed >= 4.0, "{handed} messages handed over");
     let e1 = events_for(&log, &id1);
     assert!(e1.contains(&"message.submitted".to_owned()), "{e1:?}");
     let inbound = accepted(&log)
@@ -794,7 +797,13 @@ async fn severed_postgresql_connections_cost_no_send() {
                        "text": "Your results are ready." });
     let first = post_message(&s, body.clone()).await;
     assert_eq!(first["contact_id"], contact["id"], "{first}");
-    wait_status(&s, first["id"].as_str().unwrap_or_default(), &["delivered"], 30).await;
+    wait_status(
+        &s,
+        first["id"].as_str().unwrap_or_default(),
+        &["delivered"],
+        30,
+    )
+    .await;
 
     let db = s
         .database_url
@@ -846,7 +855,14 @@ async fn severed_postgresql_connections_cost_no_send() {
     for id in &ids {
         wait_status(&s, id, &["delivered"], 30).await;
     }
-    let metrics = s
+    let reconnects = metric(&s, "haven_pg_reader_reconnects_total").await;
+    assert!(reconnects >= 1.0, "the point readers reconnected");
+}
+
+/// The sum of a Prometheus metric's samples whose line starts with `prefix` (a name, or a
+/// name and the start of its labels).
+pub(crate) async fn metric(s: &Server, prefix: &str) -> f64 {
+    let text = s
         .client
         .get(s.url("/metrics"))
         .send()
@@ -855,11 +871,9 @@ async fn severed_postgresql_connections_cost_no_send() {
         .text()
         .await
         .unwrap_or_default();
-    let reconnects: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("haven_pg_reader_reconnects_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(reconnects >= 1.0, "the point readers reconnected: {metrics}");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
 }
