@@ -306,6 +306,18 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The Prometheus exposition at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     /// A request authenticated as the bootstrap admin.
     pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
         self.client

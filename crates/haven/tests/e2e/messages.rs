@@ -862,16 +862,9 @@ async fn severed_postgresql_connections_cost_no_send() {
 /// The sum of a Prometheus metric's samples whose line starts with `prefix` (a name, or a
 /// name and the start of its labels).
 pub(crate) async fn metric(s: &Server, prefix: &str) -> f64 {
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
+    s.metrics()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.split_whitespace().last())
         .filter_map(|v| v.parse::<f64>().ok())

@@ -132,15 +132,7 @@ async fn health_metrics_and_logs(backend: Backend) {
     let (st, r) = send(s.client.get(s.url("/readyz"))).await;
     assert_eq!((st.as_u16(), r["status"].as_str()), (200, Some("ready")));
     let _ = send(s.admin(Method::GET, "/v1/accounts")).await;
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = s.metrics().await;
     assert!(metrics.contains("haven_http_requests_total"), "{metrics}");
     assert!(metrics.contains("route=\"/v1/accounts\""), "{metrics}");
     if backend == Backend::Sqlite {
@@ -154,15 +146,7 @@ async fn health_metrics_and_logs(backend: Backend) {
         // The WAL is checkpointed in the background, every 500 ms, and not by the writer.
         let mut seen = String::new();
         for _ in 0..40 {
-            seen = s
-                .client
-                .get(s.url("/metrics"))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .text()
-                .await
-                .unwrap_or_default();
+            seen = s.metrics().await;
             if seen.contains("haven_sqlite_checkpoint_seconds_count") {
                 break;
             }
