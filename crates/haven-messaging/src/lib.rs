@@ -681,38 +681,36 @@ impl Messaging {
         self.writer.submit((row.clone(), None)).await?;
         metrics::counter!("haven_messages_accepted_total", "channel" => v.channel.as_str())
             .increment(1);
+        let message = Message {
+            send_after_ms: held_until(&row),
+            id: row.id.clone(),
+            account_id: row.account_id.clone(),
+            direction: Direction::Outbound,
+            channel: v.channel,
+            status: MessageStatus::Accepted,
+            to: Some(v.to.clone()),
+            from: Some(v.from.clone()),
+            content: Some(v.content.masked()),
+            client_ref: v.client_ref.clone(),
+            contact_id: row.contact_id.clone(),
+            erased: false,
+            parts: 0,
+            attempts: 0,
+            error_code: None,
+            error_reason: None,
+            created_at_ms: row.created_at_ms,
+            updated_at_ms: row.updated_at_ms,
+            submitted_at_ms: None,
+            final_at_ms: None,
+            expires_at_ms: row.expires_at_ms,
+        };
         match handoff {
             Some(place) => {
-                place.send(row.clone());
+                place.send(row);
             }
             None => self.wake_sender.notify_one(),
         }
-        Ok((
-            Message {
-                send_after_ms: held_until(&row),
-                id: row.id,
-                account_id: row.account_id,
-                direction: Direction::Outbound,
-                channel: v.channel,
-                status: MessageStatus::Accepted,
-                to: Some(v.to.clone()),
-                from: Some(v.from.clone()),
-                content: Some(v.content.masked()),
-                client_ref: v.client_ref.clone(),
-                contact_id: row.contact_id,
-                erased: false,
-                parts: 0,
-                attempts: 0,
-                error_code: None,
-                error_reason: None,
-                created_at_ms: row.created_at_ms,
-                updated_at_ms: row.updated_at_ms,
-                submitted_at_ms: None,
-                final_at_ms: None,
-                expires_at_ms: row.expires_at_ms,
-            },
-            bidx,
-        ))
+        Ok((message, bidx))
     }
 
     /// Sends one step of workflow `workflow_id` as message `id`, exactly once however often

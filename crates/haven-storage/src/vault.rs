@@ -352,6 +352,18 @@ fn contacts_query(filter: &IndexFilter) -> (&'static str, Option<&[u8]>) {
     }
 }
 
+/// A lookup by one blind index for at most one contact (what every send does): the point
+/// reads on either backend take these, and their statement and index.
+fn point_lookup<'a>(
+    filter: &'a IndexFilter,
+    page: &PageRequest,
+) -> Option<(&'static str, &'a [u8])> {
+    match contacts_query(filter) {
+        (text, Some(index)) if page.size <= 1 => Some((text, index)),
+        _ => None,
+    }
+}
+
 macro_rules! read_contacts_sqlx {
     ($self:ident, $account_id:ident, $filter:ident, $page:ident) => {{
         let after = $page.after.as_deref().unwrap_or("");
@@ -391,9 +403,7 @@ impl SqliteStore {
         filter: &IndexFilter,
         page: &PageRequest,
     ) -> StoreResult<Vec<ContactRow>> {
-        if let (text, Some(index)) = contacts_query(filter)
-            && page.size <= 1
-        {
+        if let Some((text, index)) = point_lookup(filter, page) {
             return self.inline.read(|c| {
                 c.prepare_cached(text)?
                     .query_map(
@@ -440,9 +450,7 @@ impl PgStore {
         filter: &IndexFilter,
         page: &PageRequest,
     ) -> StoreResult<Vec<ContactRow>> {
-        if let (text, Some(index)) = contacts_query(filter)
-            && page.size <= 1
-        {
+        if let Some((text, index)) = point_lookup(filter, page) {
             let after = page.after.as_deref().unwrap_or("");
             let limit = page.fetch_limit();
             let rows = crate::pgpoint::point_read!(self.point, |c| {
