@@ -31,7 +31,7 @@ impl Ph {
     }
 }
 
-/// Rows per statement at most. The widest row (a message) has 28 columns: 256 rows stay far
+/// Rows per statement at most. The widest row (a message) has 29 columns: 256 rows stay far
 /// below SQLite's 32,766 and PostgreSQL's 65,535 parameters.
 pub(crate) const MAX_ROWS: usize = 256;
 

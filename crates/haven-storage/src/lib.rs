@@ -553,7 +553,14 @@ impl PgStore {
 macro_rules! impl_stores {
     ($store:ty, $db:ty) => {
         impl $store {
-            /// Writes outbox events inside the caller's transaction.
+            /// Writes outbox events inside the caller's transaction. An event of an account
+            /// that no enabled endpoint listens to (neither its own nor its master's) is
+            /// written already fanned out: it stays in the event log (`GET /v1/webhooks/events`)
+            /// but the fan-out never has to read it or mark it, which on PostgreSQL is a
+            /// non-HOT update of the row (`fanned_out` is the predicate of the index that
+            /// finds the unfanned ones). The check runs in the same statement, so an endpoint
+            /// committed before the event's statement began is always seen, whichever node
+            /// created it: an endpoint gets the events that happen after it is enabled.
             pub(crate) async fn push_events(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[OutboxEvent],
@@ -561,8 +568,11 @@ macro_rules! impl_stores {
                 for r in bulk::chunks(events.len()) {
                     let text = format!(
                         "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, \
-                         fanned_out) VALUES {}",
-                        bulk::values(Self::PH, r.len(), 5, 1, ", 0")
+                         fanned_out) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, \
+                         CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.status = 'enabled' \
+                         AND e.account_id IN (v.column2, (SELECT a.parent_id FROM accounts a WHERE a.id = v.column2))) \
+                         THEN 0 ELSE 1 END FROM (VALUES {}) AS v",
+                        bulk::values(Self::PH, r.len(), 5, 1, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for e in &events[r] {

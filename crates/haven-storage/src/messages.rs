@@ -372,9 +372,9 @@ macro_rules! impl_message_store {
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
-                        "INSERT INTO messages ({}, lease_until_ms) VALUES {}",
+                        "INSERT INTO messages ({}, lease_until_ms, due_at_ms) VALUES {}",
                         sql::MESSAGE_COLS,
-                        bulk::values(Self::PH, r.len(), 28, 1, "")
+                        bulk::values(Self::PH, r.len(), 29, 1, "")
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for (m, _) in &rows[r] {
@@ -406,7 +406,9 @@ macro_rules! impl_message_store {
                             .bind(m.final_at_ms)
                             .bind(&m.peer_bidx)
                             .bind(&m.workflow_id)
-                            .bind(m.lease_until_ms);
+                            .bind(m.lease_until_ms)
+                            // In the sending queue while `accepted` (see migration 0014).
+                            .bind((m.status == "accepted").then_some(m.next_attempt_at_ms));
                     }
                     q.execute(&mut *tx).await.map_err(backend)?;
                 }
@@ -518,7 +520,7 @@ macro_rules! impl_message_store {
                     let text = format!(
                         "UPDATE messages SET status = 'submitted', route = v.column2, parts = v.column3, \
                          attempts = attempts + 1, submitted_at_ms = v.column4, updated_at_ms = v.column4, \
-                         lease_until_ms = 0, error_reason = NULL, \
+                         lease_until_ms = 0, due_at_ms = NULL, error_reason = NULL, \
                          content_ct = COALESCE(v.column5, messages.content_ct) \
                          FROM (VALUES {}) AS v WHERE messages.id = v.column1 AND messages.status = 'accepted' \
                          RETURNING messages.id",
@@ -654,7 +656,7 @@ macro_rules! impl_message_store {
                 let mut heads = Vec::new();
                 for r in bulk::chunks(mids.len()) {
                     let text = format!(
-                        "SELECT id, account_id, channel, status, workflow_id FROM messages WHERE id IN ({}) \
+                        "SELECT id, account_id, channel, status, workflow_id, parts FROM messages WHERE id IN ({}) \
                          ORDER BY id{}",
                         bulk::list(Self::PH, r.len(), 1),
                         $lock
@@ -674,12 +676,18 @@ macro_rules! impl_message_store {
                     state: &m.state,
                     error_code: m.error_code.as_deref(),
                 }));
+                // The parts it changed come back: a message of one part whose part changed
+                // needs no second read of its parts below.
+                let mut parts: std::collections::HashMap<String, Vec<PartRow>> =
+                    std::collections::HashMap::new();
                 for r in bulk::chunks(effective.len()) {
                     let text = format!(
                         "UPDATE message_parts SET state = v.column3, error_code = v.column4, updated_at_ms = {} \
                          FROM (VALUES {}) AS v WHERE message_parts.route = v.column1 \
                          AND message_parts.provider_id = v.column2 \
-                         AND message_parts.state NOT IN ('delivered', 'failed', 'expired', 'rejected')",
+                         AND message_parts.state NOT IN ('delivered', 'failed', 'expired', 'rejected') \
+                         RETURNING message_parts.message_id, message_parts.part_index, message_parts.route, \
+                         message_parts.provider_id, message_parts.state, message_parts.error_code",
                         Self::PH.at(1),
                         bulk::values(Self::PH, r.len(), 4, 2, "")
                     );
@@ -687,7 +695,10 @@ macro_rules! impl_message_store {
                     for (route, pid, state, code) in &effective[r] {
                         q = q.bind(*route).bind(*pid).bind(*state).bind(*code);
                     }
-                    q.execute(&mut *tx).await.map_err(backend)?;
+                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
+                        let p = Self::part_row(&row)?;
+                        parts.entry(p.message_id.clone()).or_default().push(p);
+                    }
                 }
                 for r in bulk::chunks(matched.len()) {
                     let text = format!(
@@ -700,21 +711,30 @@ macro_rules! impl_message_store {
                     }
                     q.execute(&mut *tx).await.map_err(backend)?;
                 }
-                let mut parts: std::collections::HashMap<String, Vec<PartRow>> =
-                    std::collections::HashMap::new();
                 let live: Vec<String> = heads
                     .iter()
                     .map(|h| h.try_get::<String, _>("id").map_err(backend))
                     .collect::<StoreResult<_>>()?;
-                for r in bulk::chunks(live.len()) {
+                // Every other message's parts are read whole (the ones updated above again, so
+                // that none is counted twice).
+                let mut unread = Vec::new();
+                for (h, mid) in heads.iter().zip(&live) {
+                    let count: i64 = h.try_get("parts").map_err(backend)?;
+                    let known = parts.get(mid).map_or(0, Vec::len);
+                    if count != 1 || known != 1 {
+                        parts.remove(mid);
+                        unread.push(mid);
+                    }
+                }
+                for r in bulk::chunks(unread.len()) {
                     let text = format!(
                         "SELECT message_id, part_index, route, provider_id, state, error_code FROM message_parts \
                          WHERE message_id IN ({}) ORDER BY message_id, part_index",
                         bulk::list(Self::PH, r.len(), 1)
                     );
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for id in &live[r] {
-                        q = q.bind(id);
+                    for id in &unread[r] {
+                        q = q.bind(*id);
                     }
                     for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
                         let p = Self::part_row(&row)?;

@@ -254,21 +254,22 @@ pub const LIST_MESSAGES: &str = concat!(
      AND ($4 IS NULL OR direction = $4) AND ($5 IS NULL OR client_ref_bidx = $5) AND id > $6 ORDER BY id LIMIT ($7 + 0)"
 );
 pub const CLAIM_MESSAGES_SQLITE: &str = concat!(
-    "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE status = 'accepted' \
-     AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT ($3 + 0)) RETURNING ",
+    "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE due_at_ms <= $2 \
+     AND status = 'accepted' AND lease_until_ms <= $2 ORDER BY due_at_ms LIMIT ($3 + 0)) RETURNING ",
     message_cols!()
 );
 /// Several nodes claim at once: each skips rows another holds.
 pub const CLAIM_MESSAGES_PG: &str = concat!(
-    "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE status = 'accepted' \
-     AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT ($3 + 0) \
+    "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE due_at_ms <= $2 \
+     AND status = 'accepted' AND lease_until_ms <= $2 ORDER BY due_at_ms LIMIT ($3 + 0) \
      FOR UPDATE SKIP LOCKED) RETURNING ",
     message_cols!()
 );
-pub const RETRY_MESSAGE: &str = "UPDATE messages SET attempts = $1, next_attempt_at_ms = $2, error_reason = $3, updated_at_ms = $4, \
-     lease_until_ms = 0 WHERE id = $5 AND status = 'accepted'";
+pub const RETRY_MESSAGE: &str = "UPDATE messages SET attempts = $1, next_attempt_at_ms = $2, due_at_ms = $2, error_reason = $3, \
+     updated_at_ms = $4, lease_until_ms = 0 WHERE id = $5 AND status = 'accepted'";
 pub const FINAL_MESSAGE: &str = "UPDATE messages SET status = $1, error_code = $2, error_reason = $3, final_at_ms = $4, \
-     updated_at_ms = $4, lease_until_ms = 0, content_ct = COALESCE($5, content_ct) WHERE id = $6 AND status = 'accepted'";
+     updated_at_ms = $4, lease_until_ms = 0, due_at_ms = NULL, content_ct = COALESCE($5, content_ct) \
+     WHERE id = $6 AND status = 'accepted'";
 pub const MATCHED_RECEIPTS_SQLITE: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
      FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
      ORDER BY r.id LIMIT ($1 + 0)";

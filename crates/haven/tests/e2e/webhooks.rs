@@ -18,6 +18,7 @@ both_backends!(
     dead_letters_are_replayed,
     every_event_arrives_after_a_kill_9,
     a_name_resolving_inward_is_refused_at_delivery,
+    an_endpoint_gets_what_happens_after_it,
 );
 
 pub(crate) struct Receiver {
@@ -473,4 +474,56 @@ async fn a_name_resolving_inward_is_refused_at_delivery(backend: Backend) {
         "the receiver was reached: {:?}",
         r.log()
     );
+}
+
+/// Events are written already fanned out when no endpoint listens (see `push_events`): they stay
+/// listed and replayable, an endpoint gets what happens after it is enabled, and a master's
+/// endpoint hears its subaccounts.
+async fn an_endpoint_gets_what_happens_after_it(backend: Backend) {
+    let r = Receiver::start();
+    let s = Server::start_with(backend, options("1,1")).await;
+    let sub = create_subaccount(&s, "Cardiology").await;
+    let (early, _) = create_key(&s, &sub, &["contacts:read"]).await;
+    let (_, secret) = endpoint(&s, &r.url(), json!(["key.created"])).await;
+    r.set("secrets", &secret);
+    let (late, _) = create_key(&s, &sub, &["contacts:read"]).await;
+    let log = r
+        .wait_for("the subaccount's key after the endpoint", 20, |log| {
+            !accepted(log).is_empty()
+        })
+        .await;
+    let mentions = |l: &Value, id: &str| l["data"].to_string().contains(id);
+    assert!(
+        log.iter().all(|l| mentions(l, &late)),
+        "only the key created after the endpoint is delivered: {log:?}"
+    );
+    // Both are in the event log; the early one was never fanned out, so no delivery exists.
+    let (_, events) = send(s.admin(Method::GET, "/v1/webhooks/events?page_size=200")).await;
+    let of = |id: &str| -> Value {
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "key.created" && e.to_string().contains(id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no key.created event for {id}: {events}"))
+    };
+    let eid = of(&early)["id"].as_str().unwrap_or_default().to_owned();
+    assert!(!of(&late)["id"].as_str().unwrap_or_default().is_empty());
+    let (_, detail) = send(s.admin(Method::GET, &format!("/v1/webhooks/events/{eid}"))).await;
+    assert_eq!(detail["deliveries"], json!([]), "{detail}");
+    // A replay sends it to today's endpoints.
+    let (st, replay) = send(
+        s.admin(Method::POST, &format!("/v1/webhooks/events/{eid}/replay"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(st, 202, "{replay}");
+    let log = r
+        .wait_for("the replayed early event", 20, |log| {
+            accepted(log).contains_key(&eid)
+        })
+        .await;
+    assert_eq!(accepted(&log).len(), 2, "{log:?}");
+    assert!(log.iter().all(|l| l["verified"] == true));
 }
