@@ -135,6 +135,16 @@ pub(crate) async fn endpoint(s: &Server, url: &str, types: Value) -> (String, St
     (e["id"].as_str().unwrap_or_default().to_owned(), secret)
 }
 
+/// Replays an event to the account's endpoints of today.
+async fn replay(s: &Server, eid: &str) {
+    let (st, body) = send(
+        s.admin(Method::POST, &format!("/v1/webhooks/events/{eid}/replay"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+}
+
 /// Accepted (2xx) deliveries by webhook-id.
 pub(crate) fn accepted(log: &[Value]) -> BTreeMap<String, Value> {
     log.iter()
@@ -334,12 +344,7 @@ async fn dead_letters_are_replayed(backend: Backend) {
     assert_eq!(r.log().len(), 3);
     // The receiver recovers; the operator replays the dead-lettered event.
     r.set("mode", "ok");
-    let (st, replay) = send(
-        s.admin(Method::POST, &format!("/v1/webhooks/events/{eid}/replay"))
-            .json(&json!({})),
-    )
-    .await;
-    assert_eq!(st, 202, "{replay}");
+    replay(&s, &eid).await;
     let log = r
         .wait_for("the replayed event", 20, |log| {
             log.iter().any(|l| l["status"] == 200)
@@ -520,12 +525,7 @@ async fn an_endpoint_gets_what_happens_after_it(backend: Backend) {
     let (_, detail) = send(s.admin(Method::GET, &format!("/v1/webhooks/events/{eid}"))).await;
     assert_eq!(detail["deliveries"], json!([]), "{detail}");
     // A replay sends it to today's endpoints.
-    let (st, replay) = send(
-        s.admin(Method::POST, &format!("/v1/webhooks/events/{eid}/replay"))
-            .json(&json!({})),
-    )
-    .await;
-    assert_eq!(st, 202, "{replay}");
+    replay(&s, &eid).await;
     let log = r
         .wait_for("the replayed early event", 20, |log| {
             accepted(log).contains_key(&eid)
