@@ -168,8 +168,16 @@ pub struct EventQuery {
 /// The storage port of the audit log.
 #[async_trait::async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends events as leaves, atomically with their tree nodes, serialized across nodes.
-    async fn append(&self, events: &[AuditEvent]) -> StoreResult<u64>;
+    /// Appends events as leaves, atomically with their tree nodes, serialized across nodes, in
+    /// one transaction; returns the new tree size.
+    /// `waited_for` says someone is waiting for them to be durable: on a single-writer store
+    /// that append goes before background work, otherwise it queues behind it.
+    async fn append(&self, events: &[AuditEvent], waited_for: bool) -> StoreResult<u64>;
+    /// The most events one append should carry: a store with a single writer keeps each of
+    /// its transactions short so that others waiting for the writer are not held up long.
+    fn max_append(&self) -> usize {
+        usize::MAX
+    }
     async fn tree_size(&self) -> StoreResult<u64>;
     async fn nodes(&self, keys: &[NodeKey]) -> StoreResult<HashMap<NodeKey, Hash>>;
     async fn latest_tree_head(&self) -> StoreResult<Option<TreeHead>>;

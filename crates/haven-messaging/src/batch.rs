@@ -42,7 +42,8 @@ impl<T: Send + 'static> Batcher<T> {
     /// As [`Self::spawn`], but batches start at least `pace` apart: for background writes
     /// (outcomes, receipts) that nobody waits on at the API, so they take the one write
     /// connection less often, in bigger batches, and acceptance (which a caller waits on)
-    /// gets it sooner.
+    /// gets it sooner. A full batch is followed at once by the next: `max` bounds how long
+    /// one batch holds the writer, the pace only gathers items when there are few.
     pub fn spawn_paced<F, Fut>(
         name: &'static str,
         max: usize,
@@ -60,6 +61,7 @@ impl<T: Send + 'static> Batcher<T> {
             let mut buf = Vec::with_capacity(max);
             while rx.recv_many(&mut buf, max).await > 0 {
                 let (items, waiters): (Vec<T>, Vec<Waiter>) = buf.drain(..).unzip();
+                let full = items.len() >= max;
                 metrics::histogram!("haven_group_commit_batch_size", "batch" => name)
                     .record(items.len() as f64);
                 let started = std::time::Instant::now();
@@ -69,7 +71,7 @@ impl<T: Send + 'static> Batcher<T> {
                 for w in waiters {
                     let _ = w.send(result.clone());
                 }
-                if !pace.is_zero() {
+                if !pace.is_zero() && !full {
                     tokio::time::sleep_until((started + pace).into()).await;
                 }
             }

@@ -263,10 +263,11 @@ impl Messaging {
                 async move { s.insert_messages(&rows).await }
             },
         );
+        let background_max = max.min(pipeline::BACKGROUND_BATCH_MAX);
         let s = store.clone();
         let receipt_writer = Batcher::spawn_paced(
             "receipts",
-            max,
+            background_max,
             pipeline::BACKGROUND_PACE,
             move |rows: Vec<ReceiptRow>| {
                 let s = s.clone();
@@ -276,7 +277,7 @@ impl Messaging {
         let s = store.clone();
         let outcome_writer = Batcher::spawn_paced(
             "outcomes",
-            max,
+            background_max,
             pipeline::BACKGROUND_PACE,
             move |rows: Vec<store::Outcome>| {
                 let s = s.clone();

@@ -17,6 +17,11 @@ use tokio::sync::Semaphore;
 /// inserts, reconciliation). Nobody waits on them at the API; pacing them makes their batches
 /// bigger and leaves the write connection to acceptance more often.
 pub const BACKGROUND_PACE: Duration = Duration::from_millis(50);
+/// The most rows one background batch (outcomes, receipts, receipts applied) writes in one
+/// transaction. On SQLite's single writer an accepting request's commit may wait for one
+/// background transaction in progress; this bounds that wait (a few milliseconds here)
+/// without bounding throughput: a full batch is followed at once by the next.
+pub const BACKGROUND_BATCH_MAX: usize = 64;
 
 /// How long an unmatched receipt waits for its part before it is dropped.
 const RECEIPT_KEEP_MS: i64 = 24 * 3600 * 1000;
@@ -439,7 +444,8 @@ impl Messaging {
     /// Matches stored receipts to their messages. Runs until the task is dropped.
     pub async fn run_receipts(self: Arc<Self>) {
         loop {
-            let limit = i64::try_from(self.settings.batch_max).unwrap_or(512);
+            let limit =
+                i64::try_from(self.settings.batch_max.min(BACKGROUND_BATCH_MAX)).unwrap_or(128);
             let started = std::time::Instant::now();
             let applied = self
                 .store
@@ -460,12 +466,13 @@ impl Messaging {
                     0
                 }
             };
+            // A full batch means more are waiting: the next goes at once.
             if usize::try_from(limit).unwrap_or(0) > n {
                 let _ =
                     tokio::time::timeout(Duration::from_millis(250), self.wake_receipts.notified())
                         .await;
+                tokio::time::sleep_until((started + BACKGROUND_PACE).into()).await;
             }
-            tokio::time::sleep_until((started + BACKGROUND_PACE).into()).await;
         }
     }
 

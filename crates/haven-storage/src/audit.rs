@@ -73,7 +73,11 @@ impl BufferedAudit {
                 }
                 if !events.is_empty() {
                     last_write = tokio::time::Instant::now();
-                    write_until_done(store.as_ref(), &events).await;
+                    // In slices the store can take in one short transaction each; each slice
+                    // is retried until it is stored before the next one goes.
+                    for slice in events.chunks(store.max_append().max(1)) {
+                        write_until_done(store.as_ref(), slice, !waiters.is_empty()).await;
+                    }
                     events.clear();
                 }
                 for w in waiters.drain(..) {
@@ -95,11 +99,11 @@ impl BufferedAudit {
 
 /// Audit events are never dropped: a failing database is retried with backoff, and the queue
 /// filling up meanwhile slows requests down (back-pressure) instead.
-async fn write_until_done(store: &dyn AuditStore, events: &[AuditEvent]) {
+async fn write_until_done(store: &dyn AuditStore, events: &[AuditEvent], waited_for: bool) {
     let mut delay = Duration::from_millis(50);
     loop {
         let started = std::time::Instant::now();
-        match store.append(events).await {
+        match store.append(events, waited_for).await {
             Ok(_) => {
                 metrics::histogram!("haven_audit_append_seconds")
                     .record(started.elapsed().as_secs_f64());
@@ -174,7 +178,7 @@ where
 }
 
 macro_rules! impl_audit_store {
-    ($store:ty, $db:ty, $lock_state:expr) => {
+    ($store:ty, $db:ty, $lock_state:expr, $max_append:expr) => {
         impl $store {
             async fn fetch_nodes<'e, E>(
                 exec: E,
@@ -211,8 +215,12 @@ macro_rules! impl_audit_store {
 
         #[async_trait::async_trait]
         impl AuditStore for $store {
-            async fn append(&self, events: &[AuditEvent]) -> StoreResult<u64> {
-                let mut wc = self.wc().await?;
+            async fn append(&self, events: &[AuditEvent], waited_for: bool) -> StoreResult<u64> {
+                let mut wc = if waited_for {
+                    self.wc_as("audit").await?
+                } else {
+                    self.wc_bg_as("audit_queued").await?
+                };
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 // Serializes appends: the state row is locked until commit (PostgreSQL); SQLite
                 // has one writer.
@@ -233,6 +241,10 @@ macro_rules! impl_audit_store {
                     .map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
                 Ok(new_size)
+            }
+
+            fn max_append(&self) -> usize {
+                $max_append
             }
 
             async fn tree_size(&self) -> StoreResult<u64> {
@@ -537,5 +549,19 @@ impl PgStore {
     }
 }
 
-impl_audit_store!(SqliteStore, sqlx::Sqlite, sql::AUDIT_SIZE);
-impl_audit_store!(PgStore, sqlx::Postgres, sql::AUDIT_SIZE_FOR_UPDATE);
+/// Events per SQLite audit transaction: a few milliseconds on the one writer, which an
+/// accepting request's commit may have to wait for.
+const SQLITE_MAX_APPEND: usize = 256;
+
+impl_audit_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sql::AUDIT_SIZE,
+    SQLITE_MAX_APPEND
+);
+impl_audit_store!(
+    PgStore,
+    sqlx::Postgres,
+    sql::AUDIT_SIZE_FOR_UPDATE,
+    MAX_BATCH
+);

@@ -368,7 +368,7 @@ macro_rules! impl_message_store {
                 &self,
                 rows: &[(MessageRow, Option<OutboxEvent>)],
             ) -> StoreResult<()> {
-                let mut wc = self.wc().await?;
+                let mut wc = self.wc_as("messages").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
@@ -457,14 +457,14 @@ macro_rules! impl_message_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(&mut *self.wc_bg().await?)
+                    .fetch_all(&mut *self.wc_bg_as("claims").await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::message_row).collect()
             }
 
             async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()> {
-                let mut wc = self.wc_bg().await?;
+                let mut wc = self.wc_bg_as("outcomes").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let mut events = Vec::new();
                 let mut submitted = Vec::new();
@@ -591,7 +591,7 @@ macro_rules! impl_message_store {
             }
 
             async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()> {
-                let mut wc = self.wc_bg().await?;
+                let mut wc = self.wc_bg_as("receipts").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
@@ -621,7 +621,7 @@ macro_rules! impl_message_store {
                 decide: &Decide,
             ) -> StoreResult<(usize, Vec<String>)> {
                 let now = haven_platform::clock::now_ms();
-                let mut wc = self.wc_bg().await?;
+                let mut wc = self.wc_bg_as("apply_receipts").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 let rows = sqlx::query($matched)
                     .bind(limit)

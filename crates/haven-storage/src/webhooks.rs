@@ -246,7 +246,7 @@ macro_rules! impl_webhook_store {
                 event_ids: &[String],
                 deliveries: &[DeliveryRow],
             ) -> StoreResult<()> {
-                let mut wc = self.wc_bg().await?;
+                let mut wc = self.wc_bg_as("webhooks").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 Self::push_deliveries(&mut tx, deliveries).await?;
                 for r in crate::bulk::chunks(event_ids.len()) {
@@ -273,7 +273,7 @@ macro_rules! impl_webhook_store {
                     .bind(lease_until_ms)
                     .bind(now_ms)
                     .bind(limit)
-                    .fetch_all(&mut *self.wc_bg().await?)
+                    .fetch_all(&mut *self.wc_bg_as("webhooks").await?)
                     .await
                     .map_err(backend)?;
                 rows.iter().map(Self::delivery_row).collect()
@@ -298,7 +298,7 @@ macro_rules! impl_webhook_store {
                     AttemptOutcome::Retry { at_ms } => ("pending", at_ms, None),
                     AttemptOutcome::Dead => ("dead", a.at_ms, Some(a.at_ms)),
                 };
-                let mut wc = self.wc_bg().await?;
+                let mut wc = self.wc_bg_as("webhooks").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
                 sqlx::query(sql::INSERT_ATTEMPT)
                     .bind(&a.delivery_id)
