@@ -263,7 +263,9 @@ impl Messaging {
                 async move { s.insert_messages(&rows).await }
             },
         );
-        let background_max = max.min(pipeline::BACKGROUND_BATCH_MAX);
+        // Background batches as long as the store wants them (short on SQLite's one writer);
+        // a full one is followed at once by the next, so this bounds no throughput.
+        let background_max = store.background_batch_max().map_or(max, |m| max.min(m));
         let s = store.clone();
         let receipt_writer = Batcher::spawn_paced(
             "receipts",
@@ -304,6 +306,14 @@ impl Messaging {
             policy_cache: std::sync::Mutex::new(HashMap::new()),
             observer: RwLock::new(None),
         })
+    }
+
+    /// The most rows per background write: the batch size, or less if the store asks.
+    pub(crate) fn background_batch_max(&self) -> usize {
+        let max = self.settings.batch_max;
+        self.store
+            .background_batch_max()
+            .map_or(max, |m| max.min(m))
     }
 
     /// Makes a channel available for sending.

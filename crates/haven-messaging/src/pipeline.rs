@@ -17,11 +17,6 @@ use tokio::sync::Semaphore;
 /// inserts, reconciliation). Nobody waits on them at the API; pacing them makes their batches
 /// bigger and leaves the write connection to acceptance more often.
 pub const BACKGROUND_PACE: Duration = Duration::from_millis(50);
-/// The most rows one background batch (outcomes, receipts, receipts applied) writes in one
-/// transaction. On SQLite's single writer an accepting request's commit may wait for one
-/// background transaction in progress; this bounds that wait (a few milliseconds here)
-/// without bounding throughput: a full batch is followed at once by the next.
-pub const BACKGROUND_BATCH_MAX: usize = 64;
 
 /// How long an unmatched receipt waits for its part before it is dropped.
 const RECEIPT_KEEP_MS: i64 = 24 * 3600 * 1000;
@@ -444,8 +439,7 @@ impl Messaging {
     /// Matches stored receipts to their messages. Runs until the task is dropped.
     pub async fn run_receipts(self: Arc<Self>) {
         loop {
-            let limit =
-                i64::try_from(self.settings.batch_max.min(BACKGROUND_BATCH_MAX)).unwrap_or(128);
+            let limit = i64::try_from(self.background_batch_max()).unwrap_or(128);
             let started = std::time::Instant::now();
             let applied = self
                 .store

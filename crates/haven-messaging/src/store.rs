@@ -184,6 +184,12 @@ pub struct TemplateRow {
 
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync {
+    /// The most rows one background write (outcomes, receipts, receipts applied) should carry,
+    /// if the store wants them short: a store with one writer, where an accepting request's
+    /// commit may wait for the background transaction in progress. `None`: the batch size.
+    fn background_batch_max(&self) -> Option<usize> {
+        None
+    }
     async fn insert_template(&self, row: &TemplateRow) -> StoreResult<()>;
     async fn get_template(&self, id: &str) -> StoreResult<Option<TemplateRow>>;
     async fn list_templates(

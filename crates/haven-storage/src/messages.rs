@@ -47,7 +47,7 @@ fn fold_receipts<'a>(
 }
 
 macro_rules! impl_message_store {
-    ($store:ty, $db:ty, $row:ty, $claim:expr, $matched:expr, $lock:expr) => {
+    ($store:ty, $db:ty, $row:ty, $claim:expr, $matched:expr, $lock:expr, $background_max:expr) => {
         impl $store {
             fn sender_row(r: &$row) -> StoreResult<SenderRow> {
                 Ok(SenderRow {
@@ -125,6 +125,10 @@ macro_rules! impl_message_store {
 
         #[async_trait::async_trait]
         impl MessageStore for $store {
+            fn background_batch_max(&self) -> Option<usize> {
+                $background_max
+            }
+
             async fn insert_template(&self, t: &TemplateRow) -> StoreResult<()> {
                 sqlx::query(sql::INSERT_TEMPLATE)
                     .bind(&t.id)
@@ -805,7 +809,9 @@ impl_message_store!(
     sqlx::sqlite::SqliteRow,
     sql::CLAIM_MESSAGES_SQLITE,
     sql::MATCHED_RECEIPTS_SQLITE,
-    ""
+    "",
+    // A few milliseconds on the one writer (see `SqliteStore`).
+    Some(128)
 );
 impl_message_store!(
     PgStore,
@@ -813,7 +819,8 @@ impl_message_store!(
     sqlx::postgres::PgRow,
     sql::CLAIM_MESSAGES_PG,
     sql::MATCHED_RECEIPTS_PG,
-    " FOR UPDATE"
+    " FOR UPDATE",
+    None
 );
 
 impl SqliteStore {

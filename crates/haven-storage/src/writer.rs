@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The longest a background writer is passed over for foreground writers that came after it.
-pub(crate) const MAX_DEFER: Duration = Duration::from_millis(100);
+pub(crate) const MAX_DEFER: Duration = Duration::from_millis(10);
 
 /// Who is asking for the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,7 @@ struct State<T> {
 
 pub(crate) struct PriorityLock<T> {
     state: std::sync::Mutex<State<T>>,
+    max_defer: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -87,7 +88,13 @@ impl<T> Drop for Waiting<'_, T> {
 
 impl<T> PriorityLock<T> {
     pub(crate) fn new(value: T) -> Self {
+        Self::with_max_defer(value, MAX_DEFER)
+    }
+
+    /// A background writer is passed over for at most `max_defer`.
+    pub(crate) fn with_max_defer(value: T, max_defer: Duration) -> Self {
         Self {
+            max_defer,
             state: std::sync::Mutex::new(State {
                 value: Some(value),
                 held: false,
@@ -168,7 +175,7 @@ impl<T> PriorityLock<T> {
             let overdue = s
                 .background
                 .front()
-                .is_some_and(|(since, _)| since.elapsed() >= MAX_DEFER);
+                .is_some_and(|(since, _)| since.elapsed() >= self.max_defer);
             let next = if overdue {
                 s.background.pop_front().map(|(_, tx)| tx)
             } else {
@@ -224,7 +231,10 @@ mod tests {
 
     #[tokio::test]
     async fn foreground_waiters_go_before_background_ones() {
-        let lock = Arc::new(PriorityLock::new(Vec::new()));
+        let lock = Arc::new(PriorityLock::with_max_defer(
+            Vec::new(),
+            Duration::from_secs(60),
+        ));
         let first = lock.lock(Class::Foreground).await.unwrap();
         let tasks = vec![
             take(&lock, Class::Background, "bg1"),
