@@ -240,6 +240,15 @@ impl std::fmt::Debug for Messaging {
     }
 }
 
+/// Background batches as long as the store wants them (short on SQLite's one writer), never
+/// longer than `batch_max`; a full one is followed at once by the next, so this bounds no
+/// throughput.
+fn background_limit(store: &dyn MessageStore, batch_max: usize) -> usize {
+    store
+        .background_batch_max()
+        .map_or(batch_max, |m| batch_max.min(m))
+}
+
 fn text(bytes: Vec<u8>) -> MessagingResult<String> {
     String::from_utf8(bytes).map_err(|_| MessagingError::Vault(VaultError::Integrity("not text")))
 }
@@ -263,9 +272,7 @@ impl Messaging {
                 async move { s.insert_messages(&rows).await }
             },
         );
-        // Background batches as long as the store wants them (short on SQLite's one writer);
-        // a full one is followed at once by the next, so this bounds no throughput.
-        let background_max = store.background_batch_max().map_or(max, |m| max.min(m));
+        let background_max = background_limit(store.as_ref(), max);
         let s = store.clone();
         let receipt_writer = Batcher::spawn_paced(
             "receipts",
@@ -308,12 +315,9 @@ impl Messaging {
         })
     }
 
-    /// The most rows per background write: the batch size, or less if the store asks.
+    /// The most rows per background write (see [`background_limit`]).
     pub(crate) fn background_batch_max(&self) -> usize {
-        let max = self.settings.batch_max;
-        self.store
-            .background_batch_max()
-            .map_or(max, |m| max.min(m))
+        background_limit(self.store.as_ref(), self.settings.batch_max)
     }
 
     /// Makes a channel available for sending.
