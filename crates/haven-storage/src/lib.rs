@@ -465,7 +465,8 @@ impl SqliteStore {
     async fn rc(&self) -> StoreResult<ReadConn<'_>> {
         self.reader.acquire().await
     }
-    /// The write connection, once every earlier caller is done with it.
+    /// The write connection, after the holder and the foreground writers who asked earlier
+    /// (and a background writer only once it has waited its longest; see `writer`).
     async fn wc(&self) -> StoreResult<WriteConn<'_>> {
         self.wc_as("foreground").await
     }
