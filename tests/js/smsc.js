@@ -3,12 +3,16 @@
 // (`smpp` on npm): a real third-party SMPP 3.4 implementation on the other end of the wire.
 //
 //   node tests/js/smsc.js --port P --control-port C [--system-id haven] [--password secret]
-//        [--dlr-delay-ms 50] [--quiet] [--tls-cert cert.pem --tls-key key.pem] [--record FILE]
+//        [--dlr-delay-ms 50] [--quiet] [--count-only] [--tls-cert cert.pem --tls-key key.pem]
+//        [--record FILE]
 //
 // Listens on 127.0.0.1 only. Prints one JSON line {"ready":true,"port":P,"control_port":C} on
 // stdout once both listeners are up (port 0 picks a free port; the real ones are printed).
 // Nothing else goes to stdout. Without --quiet, one line per PDU goes to stderr; with --quiet
 // nothing per PDU is written anywhere (benchmarks need the simulator's own ceiling high).
+// --count-only keeps counts and nothing of the messages (GET /messages stays empty): a long
+// benchmark run does not grow the simulator's heap, and its garbage collector does not take
+// a growing share of the CPU from the server under test.
 // --record FILE appends one JSON line per accepted submit_sm part ({message_id, to, text, part,
 // parts}) synchronously, before the submit_sm_resp: a test can then prove what the SMSC took
 // even after killing it with SIGKILL.
@@ -21,14 +25,17 @@
 //   or sar_* TLVs). When registered_delivery asks for it, a delivery receipt (deliver_sm,
 //   esm_class 0x04, standard text, receipted_message_id + message_state TLVs) follows after
 //   --dlr-delay-ms for every part. Receipts refused by the ESME (non-zero deliver_sm_resp) or
-//   with no bound receiver are retried every second (up to 30 tries).
+//   with no bound receiver are retried every second (up to 30 tries). A receipt is delivered to
+//   the session that submitted its message, else to any bound receiver; POST /reset discards
+//   every receipt not yet acknowledged, so one benchmark scenario's receipts never reach the next.
 // - Test rules by destination suffix: ...0666 → receipt stat UNDELIV err:001;
 //   ...0777 → submit_sm_resp ESME_RINVDSTADR (0x0B); ...0888 → ESME_RTHROTTLED (0x58) for the
 //   first submit of each part (same destination, coding, payload and part number), then OK.
 //
 // Control API (HTTP on --control-port, 127.0.0.1):
 //   GET  /stats     {"binds","submits","receipts_sent","bound_sessions","messages",
-//                    "receipts_pending","mo_sent"}
+//                    "receipts_pending","receipts_unanswered","receipts_retried",
+//                    "receipts_given_up","receipts_discarded","mo_sent"}
 //   GET  /messages  [{"message_ids","to","from","source_ton","source_npi","dest_ton","dest_npi",
 //                     "text","data_coding","esm_class","registered_delivery","validity_period",
 //                     "parts","at"}] (completed messages, in order)
@@ -37,6 +44,9 @@
 //                   → sends deliver_sm (split when long) to every bound receiver/transceiver and
 //                   answers {"sessions":n,"statuses":[…],"results":[{"session":i,"statuses":[…]}]}
 //                   with the deliver_sm_resp command_status of each part (null: no answer in 10 s)
+//   POST /receipt   {"message_id":"…","to":"+1…","from":"+1…","stat":"DELIVRD"} → sends a
+//                   delivery receipt for a message id this SMSC never issued (a receipt meant
+//                   for another system) to every bound receiver; answers like POST /mo
 //   POST /reset     clears recorded messages, partial sets, counters (except binds), queued receipts
 //   POST /drop      destroys every SMPP session abruptly (to test reconnects)
 // SIGTERM/SIGINT close everything and exit 0.
@@ -55,6 +65,7 @@ function parseArgs(argv) {
     password: 'secret',
     dlrDelayMs: 50,
     quiet: false,
+    countOnly: false,
     tlsCert: null,
     tlsKey: null,
     record: null,
@@ -72,12 +83,14 @@ function parseArgs(argv) {
       case '--password': opts.password = next(); break;
       case '--dlr-delay-ms': opts.dlrDelayMs = Math.max(0, parseInt(next(), 10) || 0); break;
       case '--quiet': opts.quiet = true; break;
+      case '--count-only': opts.countOnly = true; break;
       case '--record': opts.record = next(); break;
       case '--tls-cert': opts.tlsCert = next(); break;
       case '--tls-key': opts.tlsKey = next(); break;
       case '-h': case '--help':
         process.stderr.write('usage: node smsc.js --port P --control-port C [--system-id ID] ' +
-          '[--password PW] [--dlr-delay-ms N] [--quiet] [--tls-cert F --tls-key F]\n');
+          '[--password PW] [--dlr-delay-ms N] [--quiet] [--count-only] [--tls-cert F --tls-key F] ' +
+          '[--record FILE]\n');
         process.exit(0);
         break;
       default: die(`unknown argument ${a}`);
@@ -204,6 +217,11 @@ const state = {
   partial: new Map(), // key → {parts: [], meta}
   throttledOnce: new Set(),
   receiptQueue: [], // receipts waiting for a bound receiver
+  receiptsUnanswered: 0, // deliver_sm receipts sent, no deliver_sm_resp yet
+  receiptsRetried: 0,
+  receiptsGivenUp: 0,
+  receiptsDiscarded: 0, // of an earlier generation, dropped by POST /reset
+  generation: 0,
 };
 const sessions = new Set(); // all live sessions
 
@@ -226,33 +244,42 @@ function scheduleReceipt(session, part) {
   const failed = part.dest.endsWith('0666');
   const rd = part.registeredDelivery & 0x03;
   if (rd === 0 || (rd === 2 && !failed)) return;
-  const now = new Date();
-  const stat = failed ? 'UNDELIV' : 'DELIVRD';
-  const err = failed ? '001' : '000';
-  const text = `id:${part.messageId} sub:001 dlvrd:${failed ? '000' : '001'} ` +
-    `submit date:${smppDate(part.at)} done date:${smppDate(now)} stat:${stat} err:${err} ` +
-    `text:${part.sample.slice(0, 20)}`;
   const receipt = {
     session,
     attempts: 0,
-    pdu: {
-      source_addr_ton: part.destTon,
-      source_addr_npi: part.destNpi,
-      source_addr: part.dest,
-      dest_addr_ton: part.sourceTon,
-      dest_addr_npi: part.sourceNpi,
-      destination_addr: part.source,
-      esm_class: 0x04,
-      data_coding: 0x00,
-      short_message: gsmEncodeLossy(text),
-      receipted_message_id: part.messageId,
-      message_state: failed ? 5 : 2,
-    },
+    generation: state.generation,
+    pdu: receiptPdu(part, failed),
   };
   setTimeout(() => deliverReceipt(receipt), opts.dlrDelayMs);
 }
 
+// The deliver_sm of a receipt for `part` (a submitted part, or what POST /receipt names).
+function receiptPdu(part, failed) {
+  const stat = failed ? 'UNDELIV' : 'DELIVRD';
+  const err = failed ? '001' : '000';
+  const text = `id:${part.messageId} sub:001 dlvrd:${failed ? '000' : '001'} ` +
+    `submit date:${smppDate(part.at)} done date:${smppDate(new Date())} stat:${stat} err:${err} ` +
+    `text:${part.sample.slice(0, 20)}`;
+  return {
+    source_addr_ton: part.destTon,
+    source_addr_npi: part.destNpi,
+    source_addr: part.dest,
+    dest_addr_ton: part.sourceTon,
+    dest_addr_npi: part.sourceNpi,
+    destination_addr: part.source,
+    esm_class: 0x04,
+    data_coding: 0x00,
+    short_message: gsmEncodeLossy(text),
+    receipted_message_id: part.messageId,
+    message_state: failed ? 5 : 2,
+  };
+}
+
 function deliverReceipt(receipt) {
+  if (receipt.generation !== state.generation) {
+    state.receiptsDiscarded++;
+    return;
+  }
   let target = receipt.session;
   if (!target || !target.bound || target.bindType === 'transmitter' || !sessions.has(target)) {
     target = boundReceivers()[0];
@@ -263,11 +290,13 @@ function deliverReceipt(receipt) {
   }
   receipt.attempts++;
   let answered = false;
+  state.receiptsUnanswered++;
+  const settle = () => { answered = true; state.receiptsUnanswered--; };
   // No answer (the session died mid-way): try again, like an SMSC would.
-  const timer = setTimeout(() => { if (!answered) { answered = true; retryReceipt(receipt); } }, 10000);
+  const timer = setTimeout(() => { if (!answered) { settle(); retryReceipt(receipt); } }, 10000);
   const sent = target.deliver_sm(Object.assign({}, receipt.pdu), (resp) => {
     if (answered) return;
-    answered = true;
+    settle();
     clearTimeout(timer);
     if (resp.command_status === ESME_ROK) {
       state.receiptsSent++;
@@ -278,14 +307,18 @@ function deliverReceipt(receipt) {
     }
   });
   if (!sent && !answered) {
-    answered = true;
+    settle();
     clearTimeout(timer);
     retryReceipt(receipt);
   }
 }
 
 function retryReceipt(receipt) {
-  if (receipt.attempts >= 30) return;
+  if (receipt.attempts >= 30) {
+    state.receiptsGivenUp++;
+    return;
+  }
+  state.receiptsRetried++;
   receipt.session = null;
   setTimeout(() => deliverReceipt(receipt), 1000);
 }
@@ -404,7 +437,7 @@ function onSubmit(session, pdu) {
     sample: decodeText(dc, payload),
     at: new Date(),
   };
-  recordPart(part);
+  if (!opts.countOnly) recordPart(part);
   scheduleReceipt(session, part);
 }
 
@@ -551,6 +584,37 @@ function sendMo(body) {
   }));
 }
 
+// A receipt for a message id this SMSC never issued, to every bound receiver, once.
+function sendForeignReceipt(body) {
+  const messageId = String(body.message_id || '');
+  if (!messageId) throw new Error('message_id is required');
+  const src = addrFields('source_addr', body.from || '+14155550100');
+  const dst = addrFields('dest_addr', body.to || '+14155550199');
+  const pdu = receiptPdu({
+    messageId,
+    dest: src.digits,
+    destTon: src.source_addr_ton,
+    destNpi: src.source_addr_npi,
+    source: dst.digits,
+    sourceTon: dst.dest_addr_ton,
+    sourceNpi: dst.dest_addr_npi,
+    at: new Date(),
+    sample: '',
+  }, body.stat === 'UNDELIV');
+  const targets = boundReceivers();
+  return Promise.all(targets.map((session) => new Promise((resolve) => {
+    let done = false;
+    const timer = setTimeout(() => { done = true; resolve(null); }, 10000);
+    const sent = session.deliver_sm(Object.assign({}, pdu), (resp) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      resolve(resp.command_status);
+    });
+    if (!sent) { clearTimeout(timer); resolve(null); }
+  }))).then((statuses) => ({ sessions: targets.length, statuses }));
+}
+
 // ---- control API ------------------------------------------------------------------------
 function json(res, code, value) {
   const body = JSON.stringify(value);
@@ -580,6 +644,10 @@ function stats() {
     bound_sessions: [...sessions].filter((s) => s.bound).length,
     messages: state.messages.length,
     receipts_pending: state.receiptQueue.length,
+    receipts_unanswered: state.receiptsUnanswered,
+    receipts_retried: state.receiptsRetried,
+    receipts_given_up: state.receiptsGivenUp,
+    receipts_discarded: state.receiptsDiscarded,
     mo_sent: state.moSent,
   };
 }
@@ -599,6 +667,15 @@ async function control(req, res) {
       try { result = await sendMo(body); } catch (e) { return json(res, 400, { error: e.message }); }
       return json(res, 200, result);
     }
+    if (req.method === 'POST' && url === '/receipt') {
+      const raw = await readBody(req);
+      let body;
+      try { body = JSON.parse(raw || '{}'); } catch (e) { return json(res, 400, { error: 'invalid JSON' }); }
+      if (boundReceivers().length === 0) return json(res, 409, { error: 'no bound receiver session' });
+      let result;
+      try { result = await sendForeignReceipt(body); } catch (e) { return json(res, 400, { error: e.message }); }
+      return json(res, 200, result);
+    }
     if (req.method === 'POST' && url === '/reset') {
       await readBody(req);
       state.submits = 0;
@@ -608,6 +685,7 @@ async function control(req, res) {
       state.partial.clear();
       state.throttledOnce.clear();
       state.receiptQueue = [];
+      state.generation++;
       return json(res, 200, { ok: true });
     }
     if (req.method === 'POST' && url === '/drop') {

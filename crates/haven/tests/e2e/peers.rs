@@ -145,6 +145,21 @@ impl Smsc {
         r.json().await.unwrap_or_else(|e| panic!("smsc /mo: {e}"))
     }
 
+    /// Sends a delivery receipt for a message id this SMSC never issued (as if meant for
+    /// another system) to every bound session; returns the answer.
+    pub async fn foreign_receipt(&self, message_id: &str) -> Value {
+        let r = self
+            .http
+            .post(self.url("/receipt"))
+            .json(&serde_json::json!({ "message_id": message_id }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("smsc /receipt: {e}"));
+        r.json()
+            .await
+            .unwrap_or_else(|e| panic!("smsc /receipt: {e}"))
+    }
+
     /// Waits until Haven is bound.
     pub async fn wait_bound(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
