@@ -168,6 +168,12 @@ pub(crate) fn field<'a>(account_id: &'a str, id: &'a str, column: &'static str) 
 /// (channel, address) → its owner (or none) and when that was read.
 type SenderCache = HashMap<(String, String), (Option<SenderRow>, std::time::Instant)>;
 
+/// What the sending loop and the channels' receipts hand to the one background writer.
+pub(crate) enum Settle {
+    Outcome(store::Outcome),
+    Receipt(ReceiptRow),
+}
+
 pub struct Messaging {
     pub(crate) store: Arc<dyn MessageStore>,
     pub(crate) vault: Arc<Vault>,
@@ -178,14 +184,15 @@ pub struct Messaging {
     channels: RwLock<HashMap<ChannelKind, Arc<dyn Channel>>>,
     limiter: RateLimiter,
     pub(crate) writer: Batcher<(MessageRow, Option<OutboxEvent>)>,
-    pub(crate) receipt_writer: Batcher<ReceiptRow>,
-    pub(crate) outcome_writer: Batcher<store::Outcome>,
+    /// Send outcomes and arriving receipts (see [`MessageStore::settle`]): one batcher for
+    /// both when the store settles them together, else one each.
+    pub(crate) outcome_writer: Batcher<Settle>,
+    pub(crate) receipt_writer: Batcher<Settle>,
     pub(crate) wake_sender: Notify,
     /// Messages this node accepted, due at once and leased to itself on insert: they go
     /// straight to the sending loop instead of being claimed back from the store. Set by the
     /// sending loop when it starts (a process that does not send leases nothing).
     pub(crate) handoff: std::sync::OnceLock<tokio::sync::mpsc::Sender<MessageRow>>,
-    pub(crate) wake_receipts: Notify,
     event_hook: EventHook,
     /// Who owns an address, as last read: (channel, address) → owner and when read.
     sender_cache: std::sync::Mutex<SenderCache>,
@@ -273,27 +280,65 @@ impl Messaging {
             },
         );
         let background_max = background_limit(store.as_ref(), max);
-        let s = store.clone();
-        let receipt_writer = Batcher::spawn_paced(
-            "receipts",
-            background_max,
-            pipeline::BACKGROUND_PACE,
-            move |rows: Vec<ReceiptRow>| {
-                let s = s.clone();
-                async move { s.insert_receipts(&rows).await }
-            },
-        );
-        let s = store.clone();
-        let outcome_writer = Batcher::spawn_paced(
-            "outcomes",
-            background_max,
-            pipeline::BACKGROUND_PACE,
-            move |rows: Vec<store::Outcome>| {
-                let s = s.clone();
-                async move { s.record_outcomes(&rows).await }
-            },
-        );
-        Arc::new(Self {
+        Arc::new_cyclic(|me: &std::sync::Weak<Self>| {
+            let spawn = |name: &'static str| {
+                let s = store.clone();
+                let me = me.clone();
+                Batcher::spawn_paced(
+                    name,
+                    background_max,
+                    pipeline::BACKGROUND_PACE,
+                    move |items: Vec<Settle>| {
+                        let s = s.clone();
+                        let me = me.clone();
+                        async move {
+                            let mut outcomes = Vec::new();
+                            let mut receipts = Vec::new();
+                            for item in items {
+                                match item {
+                                    Settle::Outcome(o) => outcomes.push(o),
+                                    Settle::Receipt(r) => receipts.push(r),
+                                }
+                            }
+                            let settled = s.settle(&outcomes, &receipts, &pipeline::decide).await?;
+                            if let Some(me) = me.upgrade() {
+                                me.settled(settled).await;
+                            }
+                            Ok(())
+                        }
+                    },
+                )
+            };
+            // Together, a receipt usually finds the part its submit's outcome wrote in the
+            // same batch or an earlier one.
+            let (outcome_writer, receipt_writer) = if store.settle_together() {
+                let both = spawn("settle");
+                (both.clone(), both)
+            } else {
+                (spawn("outcomes"), spawn("receipts"))
+            };
+            Self::build(
+                store,
+                vault,
+                contacts,
+                audit,
+                settings,
+                writer,
+                (outcome_writer, receipt_writer),
+            )
+        })
+    }
+
+    fn build(
+        store: Arc<dyn MessageStore>,
+        vault: Arc<Vault>,
+        contacts: Arc<Contacts>,
+        audit: Arc<dyn AuditSink>,
+        settings: MessagingSettings,
+        writer: Batcher<(MessageRow, Option<OutboxEvent>)>,
+        (outcome_writer, receipt_writer): (Batcher<Settle>, Batcher<Settle>),
+    ) -> Self {
+        Self {
             limiter: RateLimiter::new(settings.rate_per_second, settings.burst),
             keywords: settings.keywords.clone(),
             store,
@@ -303,16 +348,15 @@ impl Messaging {
             settings,
             channels: RwLock::new(HashMap::new()),
             writer,
-            receipt_writer,
             outcome_writer,
+            receipt_writer,
             wake_sender: Notify::new(),
             handoff: std::sync::OnceLock::new(),
-            wake_receipts: Notify::new(),
             event_hook: EventHook::default(),
             sender_cache: std::sync::Mutex::new(HashMap::new()),
             policy_cache: std::sync::Mutex::new(HashMap::new()),
             observer: RwLock::new(None),
-        })
+        }
     }
 
     /// The most rows per background write (see [`background_limit`]).
@@ -359,6 +403,26 @@ impl Messaging {
 
     pub(crate) fn events_written(&self) {
         self.event_hook.fire();
+    }
+
+    /// After receipts were applied: counts them, wakes the webhook sender for the status
+    /// changes and tells workflows.
+    pub(crate) async fn settled(&self, settled: store::Settled) {
+        for (result, n) in [
+            ("applied", settled.applied),
+            ("waiting", settled.waiting),
+            ("retried", settled.retried),
+            ("dropped", settled.dropped),
+        ] {
+            if n > 0 {
+                metrics::counter!("haven_receipts_total", "result" => result)
+                    .increment(u64::try_from(n).unwrap_or(u64::MAX));
+            }
+        }
+        if settled.events > 0 {
+            self.events_written();
+        }
+        self.changed(&settled.changed).await;
     }
 
     async fn audit(

@@ -2,7 +2,7 @@
 
 use crate::model::{Content, Direction, MessageStatus};
 use crate::store::{Outcome, ReceiptRow, ReceiptTarget, StatusChange};
-use crate::{MessageRow, Messaging, MessagingError, MessagingResult, field, message_event};
+use crate::{MessageRow, Messaging, MessagingError, MessagingResult, Settle, field, message_event};
 use haven_channel::{
     ChannelEvent, ChannelKind, InboundSink, Outbound, ReceiptState, SendError, SinkError,
 };
@@ -13,13 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// The shortest time between two background writes of one kind (claims, outcomes, receipt
-/// inserts, reconciliation). Nobody waits on them at the API; pacing them makes their batches
+/// The shortest time between two background writes of one kind (claims, outcomes with the
+/// receipts that came meanwhile). Nobody waits on them at the API; pacing them makes their batches
 /// bigger and leaves the write connection to acceptance more often.
 pub const BACKGROUND_PACE: Duration = Duration::from_millis(50);
 
 /// How long an unmatched receipt waits for its part before it is dropped.
 const RECEIPT_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// How often the store is asked whether a stored receipt is due for another try.
+const RECEIPT_RETRY_PACE: Duration = Duration::from_millis(100);
 
 pub fn receipt_state_str(s: ReceiptState) -> &'static str {
     match s {
@@ -423,7 +426,7 @@ impl Messaging {
             let workflow = row.workflow_id.is_some();
             let outcome = me.attempt(row).await;
             let wrote_event = !matches!(outcome, Outcome::Retry { .. });
-            if let Err(e) = me.outcome_writer.submit(outcome).await {
+            if let Err(e) = me.outcome_writer.submit(Settle::Outcome(outcome)).await {
                 // The lease runs out and the message is tried again.
                 tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
             } else if wrote_event {
@@ -436,36 +439,41 @@ impl Messaging {
         });
     }
 
-    /// Matches stored receipts to their messages. Runs until the task is dropped.
+    /// Tries stored receipts again as they come due: receipts that came before their
+    /// submit's outcome was recorded, or that are not ours (see
+    /// [`crate::store::receipt_retry_after_ms`]). Runs until the task is dropped.
     pub async fn run_receipts(self: Arc<Self>) {
         loop {
-            let limit = i64::try_from(self.background_batch_max()).unwrap_or(128);
+            let limit = self.background_batch_max();
             let started = std::time::Instant::now();
-            let applied = self
+            let now = now_ms();
+            let full = match self
                 .store
-                .apply_receipts(limit, now_ms() - RECEIPT_KEEP_MS, &decide)
-                .await;
-            metrics::histogram!("haven_receipt_apply_seconds")
-                .record(started.elapsed().as_secs_f64());
-            let n = match applied {
-                Ok((n, changed)) => {
-                    if !changed.is_empty() {
-                        self.events_written();
-                        self.changed(&changed).await;
+                .retry_receipts(
+                    i64::try_from(limit).unwrap_or(128),
+                    now,
+                    now - RECEIPT_KEEP_MS,
+                    &decide,
+                )
+                .await
+            {
+                Ok(settled) => {
+                    let n = settled.looked_at();
+                    if n > 0 {
+                        metrics::histogram!("haven_receipt_retry_seconds")
+                            .record(started.elapsed().as_secs_f64());
                     }
-                    n
+                    self.settled(settled).await;
+                    n >= limit
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "applying receipts failed");
-                    0
+                    tracing::warn!(error = %e, "trying stored receipts again failed");
+                    false
                 }
             };
-            // A full batch means more are waiting: the next goes at once.
-            if usize::try_from(limit).unwrap_or(0) > n {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(250), self.wake_receipts.notified())
-                        .await;
-                tokio::time::sleep_until((started + BACKGROUND_PACE).into()).await;
+            // A full batch means more are due: the next goes at once.
+            if !full {
+                tokio::time::sleep_until((started + RECEIPT_RETRY_PACE).into()).await;
             }
         }
     }
@@ -592,19 +600,18 @@ impl InboundSink for Messaging {
                 at_ms,
                 ..
             } => {
+                // Answered (deliver_sm_resp) once applied or stored: never lost.
                 self.receipt_writer
-                    .submit(ReceiptRow {
+                    .submit(Settle::Receipt(ReceiptRow {
                         route,
                         provider_id,
                         state: receipt_state_str(state).to_owned(),
                         error_code,
                         at_ms,
                         received_at_ms: now_ms(),
-                    })
+                    }))
                     .await
-                    .map_err(|e| SinkError(e.to_string()))?;
-                self.wake_receipts.notify_one();
-                Ok(())
+                    .map_err(|e| SinkError(e.to_string()))
             }
             ChannelEvent::Inbound {
                 channel,

@@ -80,7 +80,7 @@ pub struct PartRow {
     pub error_code: Option<String>,
 }
 
-/// A delivery receipt as received, waiting to be matched to its part.
+/// A delivery receipt as received, to be matched to its part.
 #[derive(Debug, Clone)]
 pub struct ReceiptRow {
     pub route: String,
@@ -125,6 +125,30 @@ pub enum Outcome {
     },
 }
 
+/// What one settling transaction did with receipts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Receipts matched to their part and applied (a duplicate of a final state included).
+    pub applied: usize,
+    /// Receipts whose part is not recorded (yet): stored, to be tried again later.
+    pub waiting: usize,
+    /// Stored receipts tried again that still found no part (tried later again).
+    pub retried: usize,
+    /// Stored receipts dropped: still no part after the longest wait.
+    pub dropped: usize,
+    /// Message status changes written, each with its event.
+    pub events: usize,
+    /// The workflow messages whose status changed.
+    pub changed: Vec<String>,
+}
+
+impl Settled {
+    /// Stored receipts looked at by a retry (for pacing: a full batch means more are due).
+    pub fn looked_at(&self) -> usize {
+        self.applied + self.retried + self.dropped
+    }
+}
+
 /// The core of a message a receipt decides about.
 #[derive(Debug, Clone)]
 pub struct ReceiptTarget {
@@ -141,6 +165,17 @@ pub struct StatusChange {
     pub status: String,
     pub error_code: Option<String>,
     pub event: OutboxEvent,
+}
+
+/// How long a stored receipt that found no part waits before its next try, after `tries`
+/// tries: 100 ms, doubling, at most a minute. A receipt that came before its submit was
+/// recorded finds it at the first or second try; one that is not ours costs a few lookups
+/// a minute until it is dropped.
+pub fn receipt_retry_after_ms(tries: i64) -> i64 {
+    const FIRST_MS: i64 = 100;
+    const MAX_MS: i64 = 60_000;
+    let shift = u32::try_from(tries.clamp(0, 20)).unwrap_or(20);
+    FIRST_MS.saturating_mul(1_i64 << shift).min(MAX_MS)
 }
 
 /// Decides, from a message and the states of all its parts (receipts applied), whether its
@@ -184,11 +219,20 @@ pub struct TemplateRow {
 
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync {
-    /// The most rows one background write (outcomes, receipts, receipts applied) should carry,
-    /// if the store wants them short: a store with one writer, where an accepting request's
-    /// commit may wait for the background transaction in progress. `None`: the batch size.
+    /// The most rows one background write (outcomes with receipts, stored receipts tried
+    /// again) should carry, if the store wants them short: a store with one writer, where an
+    /// accepting request's commit may wait for the background transaction in progress. `None`:
+    /// the batch size.
     fn background_batch_max(&self) -> Option<usize> {
         None
+    }
+    /// Whether send outcomes and arriving receipts share one transaction ([`Self::settle`]
+    /// with both). Yes on a store with one writer, where one transaction costs less than two
+    /// turns of it; no where transactions run side by side (PostgreSQL): there a receipt's
+    /// batch does not wait for a batch of outcomes, and its acknowledgement to the carrier
+    /// stays prompt.
+    fn settle_together(&self) -> bool {
+        false
     }
     async fn insert_template(&self, row: &TemplateRow) -> StoreResult<()>;
     async fn get_template(&self, id: &str) -> StoreResult<Option<TemplateRow>>;
@@ -268,21 +312,28 @@ pub trait MessageStore: Send + Sync {
         lease_until_ms: i64,
         limit: i64,
     ) -> StoreResult<Vec<MessageRow>>;
-    /// Records send outcomes in one transaction. Each applies only if the message is still
-    /// `accepted`.
-    async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()>;
-
-    /// Stores receipts as they arrive, in one transaction.
-    async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()>;
-    /// Matches up to `limit` stored receipts to their parts, applies them, and lets `decide`
-    /// change the message's status; all in one transaction with the message row locked.
-    /// Receipts with no part yet stay (their part may still be being recorded) until they are
-    /// older than `drop_before_ms`.
-    /// Returns how many receipts were applied and the workflow messages whose status changed.
-    async fn apply_receipts(
+    /// Records send outcomes and applies receipts as they arrive, in one transaction.
+    /// Outcomes go first (each applies only if the message is still `accepted`), so that a
+    /// receipt finds a part recorded in the same batch. Each receipt that finds its part is
+    /// applied and `decide` may change the message's status, with the message row locked. A
+    /// receipt whose part is not recorded (its submit is still being written, here or on
+    /// another node, or the message is not one of ours) is stored for
+    /// [`MessageStore::retry_receipts`].
+    async fn settle(
+        &self,
+        outcomes: &[Outcome],
+        receipts: &[ReceiptRow],
+        decide: &Decide,
+    ) -> StoreResult<Settled>;
+    /// Tries again up to `limit` stored receipts due at `now_ms`, in one transaction: applied
+    /// as in [`MessageStore::settle`] when their part is there now; else tried again later,
+    /// after a wait that doubles each time (see [`receipt_retry_after_ms`]), and dropped once
+    /// received before `drop_before_ms`.
+    async fn retry_receipts(
         &self,
         limit: i64,
+        now_ms: i64,
         drop_before_ms: i64,
         decide: &Decide,
-    ) -> StoreResult<(usize, Vec<String>)>;
+    ) -> StoreResult<Settled>;
 }

@@ -3,7 +3,7 @@
 use crate::{PgStore, SqliteStore, backend, bulk, sql};
 use haven_messaging::store::{
     ConsentRow, Decide, MessageFilter, MessageRow, MessageStore, Outcome, PartRow, ReceiptRow,
-    ReceiptTarget, SenderRow, TemplateRow,
+    ReceiptTarget, SenderRow, Settled, TemplateRow, receipt_retry_after_ms,
 };
 use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
@@ -46,8 +46,24 @@ fn fold_receipts<'a>(
     effective
 }
 
+/// A receipt matched to its message's part, to be applied. `seq` orders one part's receipts
+/// as they came: stored ones by id, then the ones arriving now (from [`ARRIVING_SEQ`]).
+struct Matched {
+    seq: i64,
+    /// Its row in `channel_receipts`, when it was stored.
+    stored_id: Option<i64>,
+    state: String,
+    error_code: Option<String>,
+    message_id: String,
+    route: String,
+    provider_id: String,
+}
+
+/// Receipts arriving now come after every stored one.
+const ARRIVING_SEQ: i64 = i64::MAX / 2;
+
 macro_rules! impl_message_store {
-    ($store:ty, $db:ty, $row:ty, $claim:expr, $matched:expr, $lock:expr, $background_max:expr) => {
+    ($store:ty, $db:ty, $row:ty, $claim:expr, $due_receipts:expr, $lock:expr, $background_max:expr) => {
         impl $store {
             fn sender_row(r: &$row) -> StoreResult<SenderRow> {
                 Ok(SenderRow {
@@ -121,12 +137,309 @@ macro_rules! impl_message_store {
                     error_code: r.try_get("error_code").map_err(backend)?,
                 })
             }
+
+            /// Records send outcomes in `tx` (see [`MessageStore::settle`]).
+            async fn write_outcomes(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                outcomes: &[Outcome],
+            ) -> StoreResult<()> {
+                let mut events = Vec::new();
+                let mut submitted = Vec::new();
+                for o in outcomes {
+                    match o {
+                        Outcome::Submitted { .. } => submitted.push(o),
+                        Outcome::Retry {
+                            message_id,
+                            attempts,
+                            next_attempt_at_ms,
+                            reason,
+                        } => {
+                            sqlx::query(sql::RETRY_MESSAGE)
+                                .bind(attempts)
+                                .bind(next_attempt_at_ms)
+                                .bind(reason)
+                                .bind(haven_platform::clock::now_ms())
+                                .bind(message_id)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err(backend)?;
+                        }
+                        Outcome::Final {
+                            message_id,
+                            status,
+                            error_code,
+                            reason,
+                            at_ms,
+                            event,
+                            content_ct,
+                        } => {
+                            let done = sqlx::query(sql::FINAL_MESSAGE)
+                                .bind(status)
+                                .bind(error_code)
+                                .bind(reason)
+                                .bind(at_ms)
+                                .bind(content_ct)
+                                .bind(message_id)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err(backend)?;
+                            if done.rows_affected() > 0 {
+                                events.push(event.clone());
+                            }
+                        }
+                    }
+                }
+                // Sends the carrier took, set-based: the messages still `accepted` become
+                // `submitted` (the others were settled meanwhile and keep their state), and
+                // only those get their parts, their usage record and their event.
+                let mut done = std::collections::HashSet::new();
+                for r in bulk::chunks(submitted.len()) {
+                    let text = format!(
+                        "UPDATE messages SET status = 'submitted', route = v.column2, parts = v.column3, \
+                         attempts = attempts + 1, submitted_at_ms = v.column4, updated_at_ms = v.column4, \
+                         lease_until_ms = 0, due_at_ms = NULL, error_reason = NULL, \
+                         content_ct = COALESCE(v.column5, messages.content_ct) \
+                         FROM (VALUES {}) AS v WHERE messages.id = v.column1 AND messages.status = 'accepted' \
+                         RETURNING messages.id",
+                        bulk::values(Self::PH, r.len(), 5, 1, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for o in &submitted[r] {
+                        if let Outcome::Submitted {
+                            message_id,
+                            route,
+                            provider_ids,
+                            at_ms,
+                            content_ct,
+                            ..
+                        } = o
+                        {
+                            q = q
+                                .bind(message_id)
+                                .bind(route)
+                                .bind(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX))
+                                .bind(at_ms)
+                                .bind(content_ct);
+                        }
+                    }
+                    for row in q.fetch_all(&mut **tx).await.map_err(backend)? {
+                        done.insert(row.try_get::<String, _>(0).map_err(backend)?);
+                    }
+                }
+                let mut parts = Vec::new();
+                let mut usage = Vec::new();
+                for o in submitted {
+                    if let Outcome::Submitted {
+                        message_id,
+                        route,
+                        provider_ids,
+                        at_ms,
+                        event,
+                        usage: u,
+                        ..
+                    } = o
+                        && done.contains(message_id)
+                    {
+                        for (i, pid) in provider_ids.iter().enumerate() {
+                            parts.push((message_id, i64::try_from(i).unwrap_or(i64::MAX), route, pid, *at_ms));
+                        }
+                        usage.push(u.as_ref());
+                        events.push(event.clone());
+                    }
+                }
+                // No parts to clear first: parts are written only here, in the transaction that
+                // moves the message out of `accepted`, and nothing moves a message back; a second
+                // send of it (an overlapping lease) fails the status check above and writes none.
+                for r in bulk::chunks(parts.len()) {
+                    let text = format!(
+                        "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, state) \
+                         VALUES {}",
+                        bulk::values(Self::PH, r.len(), 5, 1, ", 'submitted'")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for (m, i, route, pid, at) in &parts[r] {
+                        q = q.bind(*m).bind(*i).bind(*route).bind(*pid).bind(*at);
+                    }
+                    q.execute(&mut **tx).await.map_err(backend)?;
+                }
+                Self::push_usage(tx, &usage).await?;
+                Self::push_events(tx, &events).await?;
+                Ok(())
+            }
+
+            /// Applies receipts matched to their parts, in `tx`: locks their messages, moves
+            /// the parts on, lets `decide` change each message's status and writes the events.
+            /// Stored receipts among them are deleted. Returns the status changes written and
+            /// the workflow messages among them.
+            async fn apply_matched(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                mut matched: Vec<Matched>,
+                now: i64,
+                decide: &Decide,
+            ) -> StoreResult<(usize, Vec<String>)> {
+                if matched.is_empty() {
+                    return Ok((0, Vec::new()));
+                }
+                // Lock messages in one order on every node, so two reconcilers cannot deadlock.
+                matched.sort_by(|a, b| a.message_id.cmp(&b.message_id).then(a.seq.cmp(&b.seq)));
+                let mut mids: Vec<&str> = matched.iter().map(|m| m.message_id.as_str()).collect();
+                mids.dedup();
+                let mut heads = Vec::new();
+                for r in bulk::chunks(mids.len()) {
+                    let text = format!(
+                        "SELECT id, account_id, channel, status, workflow_id, parts FROM messages WHERE id IN ({}) \
+                         ORDER BY id{}",
+                        bulk::list(Self::PH, r.len(), 1),
+                        $lock
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for id in &mids[r] {
+                        q = q.bind(*id);
+                    }
+                    heads.extend(q.fetch_all(&mut **tx).await.map_err(backend)?);
+                }
+                // Each part's receipts applied in the order they came, as one update: a
+                // final state is never replaced by a later, non-final one.
+                let effective = fold_receipts(matched.iter().map(|m| Receipt {
+                    id: m.seq,
+                    route: &m.route,
+                    provider_id: &m.provider_id,
+                    state: &m.state,
+                    error_code: m.error_code.as_deref(),
+                }));
+                // The parts it changed come back: a message of one part whose part changed
+                // needs no second read of its parts below.
+                let mut parts: std::collections::HashMap<String, Vec<PartRow>> =
+                    std::collections::HashMap::new();
+                for r in bulk::chunks(effective.len()) {
+                    let text = format!(
+                        "UPDATE message_parts SET state = v.column3, error_code = v.column4, updated_at_ms = {} \
+                         FROM (VALUES {}) AS v WHERE message_parts.route = v.column1 \
+                         AND message_parts.provider_id = v.column2 \
+                         AND message_parts.state NOT IN ('delivered', 'failed', 'expired', 'rejected') \
+                         RETURNING message_parts.message_id, message_parts.part_index, message_parts.route, \
+                         message_parts.provider_id, message_parts.state, message_parts.error_code",
+                        Self::PH.at(1),
+                        bulk::values(Self::PH, r.len(), 4, 2, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now);
+                    for (route, pid, state, code) in &effective[r] {
+                        q = q.bind(*route).bind(*pid).bind(*state).bind(*code);
+                    }
+                    for row in q.fetch_all(&mut **tx).await.map_err(backend)? {
+                        let p = Self::part_row(&row)?;
+                        parts.entry(p.message_id.clone()).or_default().push(p);
+                    }
+                }
+                let stored: Vec<i64> = matched.iter().filter_map(|m| m.stored_id).collect();
+                Self::delete_receipts(tx, &stored).await?;
+                let live: Vec<String> = heads
+                    .iter()
+                    .map(|h| h.try_get::<String, _>("id").map_err(backend))
+                    .collect::<StoreResult<_>>()?;
+                // Every other message's parts are read whole (the ones updated above again, so
+                // that none is counted twice).
+                let mut unread = Vec::new();
+                for (h, mid) in heads.iter().zip(&live) {
+                    let count: i64 = h.try_get("parts").map_err(backend)?;
+                    let known = parts.get(mid).map_or(0, Vec::len);
+                    if count != 1 || known != 1 {
+                        parts.remove(mid);
+                        unread.push(mid);
+                    }
+                }
+                for r in bulk::chunks(unread.len()) {
+                    let text = format!(
+                        "SELECT message_id, part_index, route, provider_id, state, error_code FROM message_parts \
+                         WHERE message_id IN ({}) ORDER BY message_id, part_index",
+                        bulk::list(Self::PH, r.len(), 1)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for id in &unread[r] {
+                        q = q.bind(*id);
+                    }
+                    for row in q.fetch_all(&mut **tx).await.map_err(backend)? {
+                        let p = Self::part_row(&row)?;
+                        parts.entry(p.message_id.clone()).or_default().push(p);
+                    }
+                }
+                // Decide each message from all its parts; apply the changes set-based, only
+                // to messages still `submitted`.
+                let mut changes = Vec::new();
+                for (h, mid) in heads.iter().zip(&live) {
+                    let target = ReceiptTarget {
+                        message_id: mid.clone(),
+                        account_id: h.try_get("account_id").map_err(backend)?,
+                        channel: h.try_get("channel").map_err(backend)?,
+                        status: h.try_get("status").map_err(backend)?,
+                        parts: parts.remove(mid).unwrap_or_default(),
+                    };
+                    if let Some(change) = decide(&target, now) {
+                        let workflow: Option<String> =
+                            h.try_get("workflow_id").map_err(backend)?;
+                        changes.push((mid, change, workflow.is_some()));
+                    }
+                }
+                let mut events = Vec::new();
+                let mut changed = Vec::new();
+                let mut applied = std::collections::HashSet::new();
+                for r in bulk::chunks(changes.len()) {
+                    let text = format!(
+                        "UPDATE messages SET status = v.column2, error_code = v.column3, final_at_ms = {}, \
+                         updated_at_ms = {} FROM (VALUES {}) AS v WHERE messages.id = v.column1 \
+                         AND messages.status = 'submitted' RETURNING messages.id",
+                        Self::PH.at(1),
+                        Self::PH.at(2),
+                        bulk::values(Self::PH, r.len(), 3, 3, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now).bind(now);
+                    for (mid, change, _) in &changes[r] {
+                        q = q.bind(*mid).bind(&change.status).bind(&change.error_code);
+                    }
+                    for row in q.fetch_all(&mut **tx).await.map_err(backend)? {
+                        applied.insert(row.try_get::<String, _>(0).map_err(backend)?);
+                    }
+                }
+                for (mid, change, workflow) in changes {
+                    if applied.contains(mid) {
+                        events.push(change.event);
+                        if workflow {
+                            changed.push(mid.clone());
+                        }
+                    }
+                }
+                Self::push_events(tx, &events).await?;
+                Ok((events.len(), changed))
+            }
+
+            async fn delete_receipts(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                ids: &[i64],
+            ) -> StoreResult<()> {
+                for r in bulk::chunks(ids.len()) {
+                    let text = format!(
+                        "DELETE FROM channel_receipts WHERE id IN ({})",
+                        bulk::list(Self::PH, r.len(), 1)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for id in &ids[r] {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut **tx).await.map_err(backend)?;
+                }
+                Ok(())
+            }
         }
 
         #[async_trait::async_trait]
         impl MessageStore for $store {
             fn background_batch_max(&self) -> Option<usize> {
                 $background_max
+            }
+
+            fn settle_together(&self) -> bool {
+                // One writer is what makes short batches worth asking for.
+                $background_max.is_some()
             }
 
             async fn insert_template(&self, t: &TemplateRow) -> StoreResult<()> {
@@ -467,337 +780,170 @@ macro_rules! impl_message_store {
                 rows.iter().map(Self::message_row).collect()
             }
 
-            async fn record_outcomes(&self, outcomes: &[Outcome]) -> StoreResult<()> {
-                let mut wc = self.wc_bg_as("outcomes").await?;
+            async fn settle(
+                &self,
+                outcomes: &[Outcome],
+                receipts: &[ReceiptRow],
+                decide: &Decide,
+            ) -> StoreResult<Settled> {
+                // No two of these transactions (on any nodes) can wait for each other: the rows
+                // an outcome locks are messages still `accepted` and leased to this node, which
+                // no receipt elsewhere can match yet (a receipt finds a message only through
+                // parts already committed); the messages receipts lock are locked in id order
+                // (see `apply_matched`), here as in `retry_receipts`.
+                let mut wc = self.wc_bg_as("settle").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
-                let mut events = Vec::new();
-                let mut submitted = Vec::new();
-                for o in outcomes {
-                    match o {
-                        Outcome::Submitted { .. } => submitted.push(o),
-                        Outcome::Retry {
-                            message_id,
-                            attempts,
-                            next_attempt_at_ms,
-                            reason,
-                        } => {
-                            sqlx::query(sql::RETRY_MESSAGE)
-                                .bind(attempts)
-                                .bind(next_attempt_at_ms)
-                                .bind(reason)
-                                .bind(haven_platform::clock::now_ms())
-                                .bind(message_id)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(backend)?;
+                Self::write_outcomes(&mut tx, outcomes).await?;
+                let mut settled = Settled::default();
+                if !receipts.is_empty() {
+                    let now = haven_platform::clock::now_ms();
+                    // Which parts are recorded: one probe of the (route, provider_id) index per
+                    // receipt, parts written just above included.
+                    let mut found: std::collections::HashMap<(String, String), String> =
+                        std::collections::HashMap::new();
+                    for r in bulk::chunks(receipts.len()) {
+                        let text = format!(
+                            "SELECT p.route, p.provider_id, p.message_id FROM (VALUES {}) AS v \
+                             JOIN message_parts p ON p.route = v.column1 AND p.provider_id = v.column2",
+                            bulk::values(Self::PH, r.len(), 2, 1, "")
+                        );
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                        for row in &receipts[r] {
+                            q = q.bind(&row.route).bind(&row.provider_id);
                         }
-                        Outcome::Final {
-                            message_id,
-                            status,
-                            error_code,
-                            reason,
-                            at_ms,
-                            event,
-                            content_ct,
-                        } => {
-                            let done = sqlx::query(sql::FINAL_MESSAGE)
-                                .bind(status)
-                                .bind(error_code)
-                                .bind(reason)
-                                .bind(at_ms)
-                                .bind(content_ct)
-                                .bind(message_id)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(backend)?;
-                            if done.rows_affected() > 0 {
-                                events.push(event.clone());
-                            }
+                        for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
+                            found.insert(
+                                (
+                                    row.try_get("route").map_err(backend)?,
+                                    row.try_get("provider_id").map_err(backend)?,
+                                ),
+                                row.try_get("message_id").map_err(backend)?,
+                            );
                         }
                     }
-                }
-                // Sends the carrier took, set-based: the messages still `accepted` become
-                // `submitted` (the others were settled meanwhile and keep their state), and
-                // only those get their parts, their usage record and their event.
-                let mut done = std::collections::HashSet::new();
-                for r in bulk::chunks(submitted.len()) {
-                    let text = format!(
-                        "UPDATE messages SET status = 'submitted', route = v.column2, parts = v.column3, \
-                         attempts = attempts + 1, submitted_at_ms = v.column4, updated_at_ms = v.column4, \
-                         lease_until_ms = 0, due_at_ms = NULL, error_reason = NULL, \
-                         content_ct = COALESCE(v.column5, messages.content_ct) \
-                         FROM (VALUES {}) AS v WHERE messages.id = v.column1 AND messages.status = 'accepted' \
-                         RETURNING messages.id",
-                        bulk::values(Self::PH, r.len(), 5, 1, "")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for o in &submitted[r] {
-                        if let Outcome::Submitted {
-                            message_id,
-                            route,
-                            provider_ids,
-                            at_ms,
-                            content_ct,
-                            ..
-                        } = o
-                        {
+                    let mut matched = Vec::new();
+                    let mut waiting = Vec::new();
+                    for (i, row) in receipts.iter().enumerate() {
+                        match found.get(&(row.route.clone(), row.provider_id.clone())) {
+                            Some(mid) => matched.push(Matched {
+                                // After every stored receipt: these came last.
+                                seq: ARRIVING_SEQ.saturating_add(i64::try_from(i).unwrap_or(0)),
+                                stored_id: None,
+                                state: row.state.clone(),
+                                error_code: row.error_code.clone(),
+                                message_id: mid.clone(),
+                                route: row.route.clone(),
+                                provider_id: row.provider_id.clone(),
+                            }),
+                            None => waiting.push(row),
+                        }
+                    }
+                    let next_try = now.saturating_add(receipt_retry_after_ms(0));
+                    for r in bulk::chunks(waiting.len()) {
+                        let text = format!(
+                            "INSERT INTO channel_receipts (route, provider_id, state, error_code, at_ms, \
+                             received_at_ms, next_try_ms, tries) VALUES {}",
+                            bulk::values(Self::PH, r.len(), 7, 1, ", 0")
+                        );
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                        for row in &waiting[r] {
                             q = q
-                                .bind(message_id)
-                                .bind(route)
-                                .bind(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX))
-                                .bind(at_ms)
-                                .bind(content_ct);
+                                .bind(&row.route)
+                                .bind(&row.provider_id)
+                                .bind(&row.state)
+                                .bind(&row.error_code)
+                                .bind(row.at_ms)
+                                .bind(row.received_at_ms)
+                                .bind(next_try);
                         }
+                        q.execute(&mut *tx).await.map_err(backend)?;
                     }
-                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
-                        done.insert(row.try_get::<String, _>(0).map_err(backend)?);
-                    }
+                    settled.applied = matched.len();
+                    settled.waiting = waiting.len();
+                    let (events, changed) = Self::apply_matched(&mut tx, matched, now, decide).await?;
+                    settled.events = events;
+                    settled.changed = changed;
                 }
-                let mut parts = Vec::new();
-                let mut usage = Vec::new();
-                for o in submitted {
-                    if let Outcome::Submitted {
-                        message_id,
-                        route,
-                        provider_ids,
-                        at_ms,
-                        event,
-                        usage: u,
-                        ..
-                    } = o
-                        && done.contains(message_id)
-                    {
-                        for (i, pid) in provider_ids.iter().enumerate() {
-                            parts.push((message_id, i64::try_from(i).unwrap_or(i64::MAX), route, pid, *at_ms));
-                        }
-                        usage.push(u.as_ref());
-                        events.push(event.clone());
-                    }
-                }
-                // No parts to clear first: parts are written only here, in the transaction that
-                // moves the message out of `accepted`, and nothing moves a message back; a second
-                // send of it (an overlapping lease) fails the status check above and writes none.
-                for r in bulk::chunks(parts.len()) {
-                    let text = format!(
-                        "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, state) \
-                         VALUES {}",
-                        bulk::values(Self::PH, r.len(), 5, 1, ", 'submitted'")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for (m, i, route, pid, at) in &parts[r] {
-                        q = q.bind(*m).bind(*i).bind(*route).bind(*pid).bind(*at);
-                    }
-                    q.execute(&mut *tx).await.map_err(backend)?;
-                }
-                Self::push_usage(&mut tx, &usage).await?;
-                Self::push_events(&mut tx, &events).await?;
-                tx.commit().await.map_err(backend)
+                tx.commit().await.map_err(backend)?;
+                Ok(settled)
             }
 
-            async fn insert_receipts(&self, rows: &[ReceiptRow]) -> StoreResult<()> {
-                let mut wc = self.wc_bg_as("receipts").await?;
-                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
-                for r in bulk::chunks(rows.len()) {
-                    let text = format!(
-                        "INSERT INTO channel_receipts (route, provider_id, state, error_code, at_ms, received_at_ms) \
-                         VALUES {}",
-                        bulk::values(Self::PH, r.len(), 6, 1, "")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for row in &rows[r] {
-                        q = q
-                            .bind(&row.route)
-                            .bind(&row.provider_id)
-                            .bind(&row.state)
-                            .bind(&row.error_code)
-                            .bind(row.at_ms)
-                            .bind(row.received_at_ms);
-                    }
-                    q.execute(&mut *tx).await.map_err(backend)?;
-                }
-                tx.commit().await.map_err(backend)
-            }
-
-            async fn apply_receipts(
+            async fn retry_receipts(
                 &self,
                 limit: i64,
+                now_ms: i64,
                 drop_before_ms: i64,
                 decide: &Decide,
-            ) -> StoreResult<(usize, Vec<String>)> {
-                let now = haven_platform::clock::now_ms();
-                let mut wc = self.wc_bg_as("apply_receipts").await?;
+            ) -> StoreResult<Settled> {
+                // Nearly always none is due: a read says so without taking the writer.
+                let due: Option<i64> = sqlx::query_scalar(sql::RECEIPT_DUE)
+                    .bind(now_ms)
+                    .fetch_optional(&mut *self.rc().await?)
+                    .await
+                    .map_err(backend)?;
+                if due.is_none() {
+                    return Ok(Settled::default());
+                }
+                let mut wc = self.wc_bg_as("receipts").await?;
                 let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
-                let rows = sqlx::query($matched)
+                let rows = sqlx::query($due_receipts)
+                    .bind(now_ms)
                     .bind(limit)
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(backend)?;
-                struct Matched {
-                    id: i64,
-                    state: String,
-                    error_code: Option<String>,
-                    message_id: String,
-                    route: String,
-                    provider_id: String,
-                }
-                let mut matched = rows
-                    .iter()
-                    .map(|r| {
-                        Ok(Matched {
-                            id: r.try_get("id").map_err(backend)?,
+                let mut matched = Vec::new();
+                let mut dropped = Vec::new();
+                let mut later: Vec<(i64, i64, i64)> = Vec::new();
+                for r in &rows {
+                    let id: i64 = r.try_get("id").map_err(backend)?;
+                    let message_id: Option<String> = r.try_get("message_id").map_err(backend)?;
+                    match message_id {
+                        Some(message_id) => matched.push(Matched {
+                            seq: id,
+                            stored_id: Some(id),
                             state: r.try_get("state").map_err(backend)?,
                             error_code: r.try_get("error_code").map_err(backend)?,
-                            message_id: r.try_get("message_id").map_err(backend)?,
+                            message_id,
                             route: r.try_get("route").map_err(backend)?,
                             provider_id: r.try_get("provider_id").map_err(backend)?,
-                        })
-                    })
-                    .collect::<StoreResult<Vec<_>>>()?;
-                // Lock messages in one order on every node, so two reconcilers cannot deadlock.
-                matched.sort_by(|a, b| a.message_id.cmp(&b.message_id).then(a.id.cmp(&b.id)));
-                let mut mids: Vec<&str> = matched.iter().map(|m| m.message_id.as_str()).collect();
-                mids.dedup();
-                let mut heads = Vec::new();
-                for r in bulk::chunks(mids.len()) {
-                    let text = format!(
-                        "SELECT id, account_id, channel, status, workflow_id, parts FROM messages WHERE id IN ({}) \
-                         ORDER BY id{}",
-                        bulk::list(Self::PH, r.len(), 1),
-                        $lock
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for id in &mids[r] {
-                        q = q.bind(*id);
-                    }
-                    heads.extend(q.fetch_all(&mut *tx).await.map_err(backend)?);
-                }
-                // Each part's receipts applied in the order they came, as one update: a
-                // final state is never replaced by a later, non-final one.
-                let effective = fold_receipts(matched.iter().map(|m| Receipt {
-                    id: m.id,
-                    route: &m.route,
-                    provider_id: &m.provider_id,
-                    state: &m.state,
-                    error_code: m.error_code.as_deref(),
-                }));
-                // The parts it changed come back: a message of one part whose part changed
-                // needs no second read of its parts below.
-                let mut parts: std::collections::HashMap<String, Vec<PartRow>> =
-                    std::collections::HashMap::new();
-                for r in bulk::chunks(effective.len()) {
-                    let text = format!(
-                        "UPDATE message_parts SET state = v.column3, error_code = v.column4, updated_at_ms = {} \
-                         FROM (VALUES {}) AS v WHERE message_parts.route = v.column1 \
-                         AND message_parts.provider_id = v.column2 \
-                         AND message_parts.state NOT IN ('delivered', 'failed', 'expired', 'rejected') \
-                         RETURNING message_parts.message_id, message_parts.part_index, message_parts.route, \
-                         message_parts.provider_id, message_parts.state, message_parts.error_code",
-                        Self::PH.at(1),
-                        bulk::values(Self::PH, r.len(), 4, 2, "")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now);
-                    for (route, pid, state, code) in &effective[r] {
-                        q = q.bind(*route).bind(*pid).bind(*state).bind(*code);
-                    }
-                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
-                        let p = Self::part_row(&row)?;
-                        parts.entry(p.message_id.clone()).or_default().push(p);
-                    }
-                }
-                for r in bulk::chunks(matched.len()) {
-                    let text = format!(
-                        "DELETE FROM channel_receipts WHERE id IN ({})",
-                        bulk::list(Self::PH, r.len(), 1)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for m in &matched[r] {
-                        q = q.bind(m.id);
-                    }
-                    q.execute(&mut *tx).await.map_err(backend)?;
-                }
-                let live: Vec<String> = heads
-                    .iter()
-                    .map(|h| h.try_get::<String, _>("id").map_err(backend))
-                    .collect::<StoreResult<_>>()?;
-                // Every other message's parts are read whole (the ones updated above again, so
-                // that none is counted twice).
-                let mut unread = Vec::new();
-                for (h, mid) in heads.iter().zip(&live) {
-                    let count: i64 = h.try_get("parts").map_err(backend)?;
-                    let known = parts.get(mid).map_or(0, Vec::len);
-                    if count != 1 || known != 1 {
-                        parts.remove(mid);
-                        unread.push(mid);
-                    }
-                }
-                for r in bulk::chunks(unread.len()) {
-                    let text = format!(
-                        "SELECT message_id, part_index, route, provider_id, state, error_code FROM message_parts \
-                         WHERE message_id IN ({}) ORDER BY message_id, part_index",
-                        bulk::list(Self::PH, r.len(), 1)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for id in &unread[r] {
-                        q = q.bind(*id);
-                    }
-                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
-                        let p = Self::part_row(&row)?;
-                        parts.entry(p.message_id.clone()).or_default().push(p);
-                    }
-                }
-                // Decide each message from all its parts; apply the changes set-based, only
-                // to messages still `submitted`.
-                let mut changes = Vec::new();
-                for (h, mid) in heads.iter().zip(&live) {
-                    let target = ReceiptTarget {
-                        message_id: mid.clone(),
-                        account_id: h.try_get("account_id").map_err(backend)?,
-                        channel: h.try_get("channel").map_err(backend)?,
-                        status: h.try_get("status").map_err(backend)?,
-                        parts: parts.remove(mid).unwrap_or_default(),
-                    };
-                    if let Some(change) = decide(&target, now) {
-                        let workflow: Option<String> =
-                            h.try_get("workflow_id").map_err(backend)?;
-                        changes.push((mid, change, workflow.is_some()));
-                    }
-                }
-                let mut events = Vec::new();
-                let mut changed = Vec::new();
-                let mut applied = std::collections::HashSet::new();
-                for r in bulk::chunks(changes.len()) {
-                    let text = format!(
-                        "UPDATE messages SET status = v.column2, error_code = v.column3, final_at_ms = {}, \
-                         updated_at_ms = {} FROM (VALUES {}) AS v WHERE messages.id = v.column1 \
-                         AND messages.status = 'submitted' RETURNING messages.id",
-                        Self::PH.at(1),
-                        Self::PH.at(2),
-                        bulk::values(Self::PH, r.len(), 3, 3, "")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text)).bind(now).bind(now);
-                    for (mid, change, _) in &changes[r] {
-                        q = q.bind(*mid).bind(&change.status).bind(&change.error_code);
-                    }
-                    for row in q.fetch_all(&mut *tx).await.map_err(backend)? {
-                        applied.insert(row.try_get::<String, _>(0).map_err(backend)?);
-                    }
-                }
-                for (mid, change, workflow) in changes {
-                    if applied.contains(mid) {
-                        events.push(change.event);
-                        if workflow {
-                            changed.push(mid.clone());
+                        }),
+                        None => {
+                            let received: i64 = r.try_get("received_at_ms").map_err(backend)?;
+                            let tries: i64 = r.try_get("tries").map_err(backend)?;
+                            if received < drop_before_ms {
+                                dropped.push(id);
+                            } else {
+                                let tries = tries.saturating_add(1);
+                                later.push((id, tries, now_ms.saturating_add(receipt_retry_after_ms(tries))));
+                            }
                         }
                     }
                 }
-                Self::push_events(&mut tx, &events).await?;
-                sqlx::query(sql::PURGE_RECEIPTS)
-                    .bind(drop_before_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
+                Self::delete_receipts(&mut tx, &dropped).await?;
+                for r in bulk::chunks(later.len()) {
+                    let text = format!(
+                        "UPDATE channel_receipts SET tries = v.column2, next_try_ms = v.column3 \
+                         FROM (VALUES {}) AS v WHERE channel_receipts.id = v.column1",
+                        bulk::values(Self::PH, r.len(), 3, 1, "")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+                    for (id, tries, next) in &later[r] {
+                        q = q.bind(*id).bind(*tries).bind(*next);
+                    }
+                    q.execute(&mut *tx).await.map_err(backend)?;
+                }
+                let mut settled = Settled {
+                    applied: matched.len(),
+                    retried: later.len(),
+                    dropped: dropped.len(),
+                    ..Settled::default()
+                };
+                let (events, changed) = Self::apply_matched(&mut tx, matched, now_ms, decide).await?;
+                settled.events = events;
+                settled.changed = changed;
                 tx.commit().await.map_err(backend)?;
-                Ok((matched.len(), changed))
+                Ok(settled)
             }
         }
     };
@@ -808,7 +954,7 @@ impl_message_store!(
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     sql::CLAIM_MESSAGES_SQLITE,
-    sql::MATCHED_RECEIPTS_SQLITE,
+    sql::DUE_RECEIPTS_SQLITE,
     "",
     // A few milliseconds on the one writer (see `SqliteStore`).
     Some(128)
@@ -818,9 +964,9 @@ impl_message_store!(
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     sql::CLAIM_MESSAGES_PG,
-    sql::MATCHED_RECEIPTS_PG,
+    sql::DUE_RECEIPTS_PG,
     " FOR UPDATE",
-    None
+    None::<usize>
 );
 
 impl SqliteStore {

@@ -270,13 +270,17 @@ pub const RETRY_MESSAGE: &str = "UPDATE messages SET attempts = $1, next_attempt
 pub const FINAL_MESSAGE: &str = "UPDATE messages SET status = $1, error_code = $2, error_reason = $3, final_at_ms = $4, \
      updated_at_ms = $4, lease_until_ms = 0, due_at_ms = NULL, content_ct = COALESCE($5, content_ct) \
      WHERE id = $6 AND status = 'accepted'";
-pub const MATCHED_RECEIPTS_SQLITE: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
-     FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
-     ORDER BY r.id LIMIT ($1 + 0)";
-pub const MATCHED_RECEIPTS_PG: &str = "SELECT r.id, r.state, r.error_code, r.at_ms, p.message_id, p.route, p.provider_id \
-     FROM channel_receipts r JOIN message_parts p ON p.route = r.route AND p.provider_id = r.provider_id \
-     ORDER BY r.id LIMIT ($1 + 0) FOR UPDATE OF r SKIP LOCKED";
-pub const PURGE_RECEIPTS: &str = "DELETE FROM channel_receipts WHERE received_at_ms < $1";
+/// Stored receipts due for another try, each with its part's message when the part is there now.
+pub const DUE_RECEIPTS_SQLITE: &str = "SELECT r.id, r.route, r.provider_id, r.state, r.error_code, r.tries, \
+     r.received_at_ms, p.message_id FROM channel_receipts r LEFT JOIN message_parts p \
+     ON p.route = r.route AND p.provider_id = r.provider_id \
+     WHERE r.next_try_ms <= $1 ORDER BY r.next_try_ms, r.id LIMIT ($2 + 0)";
+pub const DUE_RECEIPTS_PG: &str = "SELECT r.id, r.route, r.provider_id, r.state, r.error_code, r.tries, \
+     r.received_at_ms, p.message_id FROM channel_receipts r LEFT JOIN message_parts p \
+     ON p.route = r.route AND p.provider_id = r.provider_id \
+     WHERE r.next_try_ms <= $1 ORDER BY r.next_try_ms, r.id LIMIT ($2 + 0) FOR UPDATE OF r SKIP LOCKED";
+/// Whether any stored receipt is due (on a reader, before taking the writer).
+pub const RECEIPT_DUE: &str = "SELECT id FROM channel_receipts WHERE next_try_ms <= $1 LIMIT 1";
 
 pub const UPSERT_CONSENT: &str = "INSERT INTO consents (account_id, channel, address_bidx, purpose, status, method, source, updated_at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account_id, channel, address_bidx, purpose) DO UPDATE SET \
@@ -592,9 +596,9 @@ pub const ALL: &[&str] = &[
     CLAIM_MESSAGES_PG,
     RETRY_MESSAGE,
     FINAL_MESSAGE,
-    MATCHED_RECEIPTS_SQLITE,
-    MATCHED_RECEIPTS_PG,
-    PURGE_RECEIPTS,
+    DUE_RECEIPTS_SQLITE,
+    DUE_RECEIPTS_PG,
+    RECEIPT_DUE,
     UPSERT_CONSENT,
     CONSENTS_FOR,
     HAS_EXCHANGED,

@@ -113,6 +113,10 @@ async fn sms_is_sent_receipted_and_answered(backend: Backend) {
     .await;
     assert_eq!(st, 201, "{contact}");
     smsc.wait_bound().await;
+    // A receipt for a message Haven never sent (the SMSC's mistake, or meant for another
+    // system): acknowledged, kept and tried again later, and it holds up no other receipt.
+    let ack = smsc.foreign_receipt("F0REIGN00001").await;
+    assert_eq!(ack["statuses"], json!([0]), "{ack}");
 
     // A short GSM text to a known patient: sealed under the patient's key, receipted.
     let short = "Reminder MARKER-SMS-7731: cardiology tomorrow 10:00. Reply YES to confirm.";
@@ -208,6 +212,19 @@ async fn sms_is_sent_receipted_and_answered(backend: Backend) {
     // Each was sent straight from acceptance (leased to this node on insert), not claimed.
     let handed = metric(&s, "haven_messages_handoff_total{result=\"sent\"}").await;
     assert!(handed >= 4.0, "{handed} messages handed over");
+    // Receipts: at least one for each part of the delivered and failed messages applied; the
+    // foreign one stored and tried again (after 100 ms, then 200 ms, …), never applied.
+    let applied = metric(&s, "haven_receipts_total{result=\"applied\"}").await;
+    assert!(applied >= 5.0, "{applied} receipts applied");
+    assert!(metric(&s, "haven_receipts_total{result=\"waiting\"}").await >= 1.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&s, "haven_receipts_total{result=\"retried\"}").await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stored receipt was not tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let e1 = events_for(&log, &id1);
     assert!(e1.contains(&"message.submitted".to_owned()), "{e1:?}");
     let inbound = accepted(&log)
