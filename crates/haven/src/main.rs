@@ -133,7 +133,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(&config.log, matches!(cli.command, Command::Serve { .. }));
+    let _log = telemetry::init(&config.log, matches!(cli.command, Command::Serve { .. }));
     // One crypto provider for every TLS user in the process (server, PostgreSQL client).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -65,7 +65,7 @@ async fn bounces_come_back_as_failures_and_receipts(backend: Backend) {
         "{}\n[email.bounces]\nlisten = \"127.0.0.1:{bounce_port}\"\ndomain = \"{DOMAIN}\"\n",
         postfix.config()
     );
-    let (s, _cfg) = start(
+    let (mut s, _cfg) = start(
         backend,
         &toml,
         &[("HAVEN_MESSAGES__RETRY_MAX_SECONDS", "1")],
@@ -215,7 +215,7 @@ async fn bounces_come_back_as_failures_and_receipts(backend: Backend) {
 
     // Nothing of the reports reached Haven's logs: not the recipient, subject or body the
     // DSN repeated.
-    let logs = format!("{}{}", s.stderr(), s.stdout());
+    let logs = s.stopped_logs();
     for marker in ["BOUNCE-MARKER", "BOUNCE-SUBJECT", "BOUNCE-BODY"] {
         assert!(!logs.contains(marker), "{marker} in the logs");
     }

@@ -302,6 +302,34 @@ impl Server {
         std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
     }
 
+    /// Everything the server logged, read after stopping it: log lines are written by a thread
+    /// of their own, and a clean stop writes all that is still queued. Tests that search the log
+    /// for what must never be there read it this way, so no line escapes them.
+    pub fn stopped_logs(&mut self) -> String {
+        self.stop_flushed();
+        format!("{}{}", self.stderr(), self.stdout())
+    }
+
+    /// Stops the server with SIGTERM and checks that it exited cleanly with its last log line
+    /// (`stopped`) written: the proof that the queued log lines reached standard error.
+    pub fn stop_flushed(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the server did not stop cleanly: {status:?}"
+        );
+        let err = self.stderr();
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        assert!(
+            last.contains("\"stopped\""),
+            "the last log line is not the stop line: {last}"
+        );
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 both_backends!(markers_never_reach_the_log);
 
 async fn markers_never_reach_the_log(backend: Backend) {
-    let s = Server::start_with(
+    let mut s = Server::start_with(
         backend,
         Options {
             env: vec![("HAVEN_LOG__LEVEL".into(), "trace".into())],
@@ -130,8 +130,10 @@ async fn markers_never_reach_the_log(backend: Backend) {
             })),
     )
     .await;
+    // Time for the webhook worker to try (and log) its deliveries.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-
+    // Stopped first: a clean stop writes every line still queued for the log.
+    s.stop_flushed();
     let log = s.stderr();
     assert!(
         log.lines().count() > 100,

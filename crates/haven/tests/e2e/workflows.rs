@@ -60,7 +60,7 @@ async fn smsc_text(smsc: &Smsc, secs: u64, want: impl Fn(&str) -> bool) -> Value
 
 async fn templates_links_and_first_contact(backend: Backend) {
     let smsc = Smsc::start();
-    let (s, _cfg) = start(backend, &smsc.config("primary"), &[]).await;
+    let (mut s, _cfg) = start(backend, &smsc.config("primary"), &[]).await;
     register(&s, "sms", "+14155550199").await;
     smsc.wait_bound().await;
 
@@ -248,7 +248,7 @@ async fn templates_links_and_first_contact(backend: Backend) {
     .await;
     assert_eq!(gone["errors"][0]["field"], "template.id", "{gone}");
 
-    let logs = format!("{}{}", s.stderr(), s.stdout());
+    let logs = s.stopped_logs();
     assert!(!logs.contains("MARKER-TPL"), "parameters never logged");
 }
 
@@ -382,7 +382,7 @@ async fn dispatch_fails_over_until_confirmed(backend: Backend) {
     let r = Receiver::start();
     let toml = format!("{}{}", smsc.config("primary"), relay.config());
     // No recheck within the test: every step reacts to its message's change or the reply.
-    let (s, _cfg) = start(
+    let (mut s, _cfg) = start(
         backend,
         &toml,
         &[("HAVEN_DISPATCH__RECHECK_SECONDS", "600")],
@@ -600,7 +600,7 @@ async fn dispatch_fails_over_until_confirmed(backend: Backend) {
         !raw.contains("MARKER-DSP"),
         "dispatch steps stored in the clear"
     );
-    let logs = format!("{}{}", s.stderr(), s.stdout());
+    let logs = s.stopped_logs();
     assert!(!logs.contains("MARKER-DSP"), "in the logs");
 }
 
