@@ -3,6 +3,7 @@
 
 mod app;
 mod channels;
+mod lag;
 mod server;
 mod telemetry;
 

@@ -56,6 +56,10 @@ fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyErro
             Matcher::Full("haven_http_request_duration_seconds".to_owned()),
             &buckets,
         )?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_lag_seconds".to_owned()),
+            &crate::lag::BUCKETS,
+        )?
         .install_recorder()?;
     Ok(Some(handle))
 }
@@ -203,6 +207,7 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
         })
     };
 
+    let lag_probe = metrics.is_some().then(crate::lag::start);
     let webhook_worker = tokio::spawn(Arc::clone(&opened.webhooks).run());
     let message_sender = tokio::spawn(Arc::clone(&opened.messaging).run_sender());
     let message_receipts = tokio::spawn(Arc::clone(&opened.messaging).run_receipts());
@@ -323,6 +328,9 @@ pub async fn serve(config: Config) -> Result<(), AnyError> {
     message_receipts.abort();
     dispatch_worker.abort();
     verify_worker.abort();
+    if let Some(p) = lag_probe {
+        p.abort();
+    }
     // Sends already handed to a carrier finish (bounded by the carrier's own timeouts); the
     // rest stay queued for the next start.
     tokio::time::sleep(Duration::from_millis(200)).await;

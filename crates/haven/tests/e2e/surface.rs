@@ -135,6 +135,27 @@ async fn health_metrics_and_logs(backend: Backend) {
     let metrics = s.metrics().await;
     assert!(metrics.contains("haven_http_requests_total"), "{metrics}");
     assert!(metrics.contains("route=\"/v1/accounts\""), "{metrics}");
+    // The lag probes wake every 10 ms; each has counted by now, in the buckets it was given.
+    let mut seen = String::new();
+    for _ in 0..40 {
+        seen = s.metrics().await;
+        if [
+            "haven_runtime_lag_seconds_count",
+            "haven_thread_lag_seconds_count",
+        ]
+        .iter()
+        .all(|n| seen.contains(n))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for name in [
+        "haven_runtime_lag_seconds_bucket{le=\"0.001\"}",
+        "haven_thread_lag_seconds_bucket{le=\"2.5\"}",
+    ] {
+        assert!(seen.contains(name), "{name} missing:\n{seen}");
+    }
     if backend == Backend::Sqlite {
         // Start-up wrote through the one writer (bootstrap, audit), so both are there.
         for name in [
