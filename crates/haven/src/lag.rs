@@ -13,6 +13,27 @@
 use std::time::{Duration, Instant};
 
 const PERIOD: Duration = Duration::from_millis(10);
+/// A wake-up this late is also logged (`warn`), at most once per [`WARN_EVERY`] per probe.
+const WARN_AT: Duration = Duration::from_millis(50);
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Records one wake-up `late`, and logs it when it is [`WARN_AT`] or later.
+fn observe(
+    lag: &metrics::Histogram,
+    late: Duration,
+    last_warned: &mut Option<Instant>,
+    what: &str,
+) {
+    lag.record(late.as_secs_f64());
+    if late >= WARN_AT && last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+        *last_warned = Some(Instant::now());
+        tracing::warn!(
+            late_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX),
+            probe = what,
+            "held up: a probe woke late (haven_{what}_lag_seconds)"
+        );
+    }
+}
 
 /// Histogram buckets for the probes, in seconds.
 pub const BUCKETS: [f64; 11] = [
@@ -25,19 +46,49 @@ pub fn start() -> tokio::task::JoinHandle<()> {
         .name("haven-lag".to_owned())
         .spawn(|| {
             let lag = metrics::histogram!("haven_thread_lag_seconds");
+            let mut warned = None;
             loop {
                 let t = Instant::now();
                 std::thread::sleep(PERIOD);
-                lag.record(t.elapsed().saturating_sub(PERIOD).as_secs_f64());
+                observe(
+                    &lag,
+                    t.elapsed().saturating_sub(PERIOD),
+                    &mut warned,
+                    "thread",
+                );
             }
         })
         .map_err(|e| tracing::warn!(error = %e, "cannot start the thread lag probe"));
     tokio::spawn(async {
         let lag = metrics::histogram!("haven_runtime_lag_seconds");
+        let mut warned = None;
         loop {
             let t = Instant::now();
             tokio::time::sleep(PERIOD).await;
-            lag.record(t.elapsed().saturating_sub(PERIOD).as_secs_f64());
+            observe(
+                &lag,
+                t.elapsed().saturating_sub(PERIOD),
+                &mut warned,
+                "runtime",
+            );
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_wake_up_warns_once_per_period() {
+        let lag = metrics::Histogram::noop();
+        let mut warned = None;
+        observe(&lag, Duration::from_millis(10), &mut warned, "runtime");
+        assert!(warned.is_none(), "10 ms late is not worth a warning");
+        observe(&lag, Duration::from_millis(60), &mut warned, "runtime");
+        assert!(warned.is_some(), "60 ms late warns");
+        let first = warned;
+        observe(&lag, Duration::from_millis(80), &mut warned, "runtime");
+        assert_eq!(warned, first, "a second one within 10 s is only counted");
+    }
 }
