@@ -67,7 +67,12 @@ impl InlineReaders {
             Some(c) => c,
             None => self.open()?,
         };
+        // Timed: a read blocks its runtime thread, and with it whatever task waits in that
+        // thread's queue (see `haven_sqlite_inline_read_seconds` in docs/configuration.md).
+        let started = std::time::Instant::now();
         let out = f(&conn).map_err(backend);
+        metrics::histogram!("haven_sqlite_inline_read_seconds")
+            .record(started.elapsed().as_secs_f64());
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < KEEP_IDLE
         {

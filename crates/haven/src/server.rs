@@ -44,6 +44,12 @@ fn tls_server_config(config: &Config) -> Result<rustls::ServerConfig, AnyError> 
         .with_single_cert(certs, key)?)
 }
 
+/// Point reads on the runtime threads take microseconds; the upper buckets catch one that
+/// waited inside SQLite.
+const INLINE_READ_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyError> {
     if !config.metrics.enabled {
         return Ok(None);
@@ -59,6 +65,10 @@ fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyErro
         .set_buckets_for_metric(
             Matcher::Suffix("_lag_seconds".to_owned()),
             &crate::lag::BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("haven_sqlite_inline_read_seconds".to_owned()),
+            &INLINE_READ_BUCKETS,
         )?
         .install_recorder()?;
     Ok(Some(handle))
