@@ -16,7 +16,7 @@ async fn account_count(s: &Server) -> usize {
 }
 
 async fn bad_input_is_refused_cleanly(backend: Backend) {
-    let s = Server::start_with(
+    let mut s = Server::start_with(
         backend,
         Options {
             env: vec![("HAVEN_SERVER__BODY_LIMIT_BYTES".into(), "2048".into())],
@@ -248,6 +248,7 @@ async fn bad_input_is_refused_cleanly(backend: Backend) {
 
     // Nothing above changed anything but the one literal create.
     assert_eq!(account_count(&s).await, before + 1);
+    s.stop_flushed();
     assert!(
         !s.stderr().contains("\"level\":\"ERROR\""),
         "a bad request caused a server error:\n{}",

@@ -249,7 +249,7 @@ fn b64(v: &serde_json::Value) -> String {
 }
 
 async fn forged_and_expired_tokens_are_refused(backend: Backend) {
-    let s = Server::start(backend).await;
+    let mut s = Server::start(backend).await;
     let acc = s.admin.account_id.clone();
     let path = format!("/v1/accounts/{acc}");
     let (st, t) = send(
@@ -353,6 +353,7 @@ async fn forged_and_expired_tokens_are_refused(backend: Backend) {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(res.status(), 401, "{what} was not refused");
     }
+    s.stop_flushed();
     assert!(
         !s.stderr().contains("\"level\":\"ERROR\""),
         "{}",

@@ -126,7 +126,7 @@ async fn openapi_is_valid_and_complete(backend: Backend) {
 }
 
 async fn health_metrics_and_logs(backend: Backend) {
-    let s = Server::start(backend).await;
+    let mut s = Server::start(backend).await;
     let (st, h) = send(s.client.get(s.url("/healthz"))).await;
     assert_eq!((st.as_u16(), h["status"].as_str()), (200, Some("ok")));
     let (st, r) = send(s.client.get(s.url("/readyz"))).await;
@@ -181,8 +181,9 @@ async fn health_metrics_and_logs(backend: Backend) {
             assert!(seen.contains(name), "{name} missing:\n{seen}");
         }
     }
-    // Logs are JSON lines, with the request id and route, and without secrets.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Logs are JSON lines, with the request id and route, and without secrets (read after a
+    // stop, which writes every queued line).
+    s.stop_flushed();
     let log = s.stderr();
     let access: Vec<serde_json::Value> = log
         .lines()
