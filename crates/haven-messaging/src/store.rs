@@ -323,7 +323,7 @@ pub trait MessageStore: Send + Sync {
         &self,
         outcomes: &[Outcome],
         receipts: &[ReceiptRow],
-        decide: &Decide,
+        decide: &'static Decide,
     ) -> StoreResult<Settled>;
     /// Tries again up to `limit` stored receipts due at `now_ms`, in one transaction: applied
     /// as in [`MessageStore::settle`] when their part is there now; else tried again later,
@@ -334,6 +334,6 @@ pub trait MessageStore: Send + Sync {
         limit: i64,
         now_ms: i64,
         drop_before_ms: i64,
-        decide: &Decide,
+        decide: &'static Decide,
     ) -> StoreResult<Settled>;
 }

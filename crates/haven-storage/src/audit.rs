@@ -178,7 +178,7 @@ where
 }
 
 macro_rules! impl_audit_store {
-    ($store:ty, $db:ty, $lock_state:expr, $max_append:expr) => {
+    ($store:ty, $db:ty, $max_append:expr) => {
         impl $store {
             async fn fetch_nodes<'e, E>(
                 exec: E,
@@ -216,31 +216,7 @@ macro_rules! impl_audit_store {
         #[async_trait::async_trait]
         impl AuditStore for $store {
             async fn append(&self, events: &[AuditEvent], waited_for: bool) -> StoreResult<u64> {
-                let mut wc = if waited_for {
-                    self.wc_as("audit").await?
-                } else {
-                    self.wc_bg_as("audit_queued").await?
-                };
-                let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
-                // Serializes appends: the state row is locked until commit (PostgreSQL); SQLite
-                // has one writer.
-                let (size,): (i64,) = sqlx::query_as($lock_state)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                let size = u(size);
-                let frontier =
-                    Self::fetch_nodes(&mut *tx, &haven_audit::merkle::frontier(size)).await?;
-                let (stored, nodes) = haven_audit::plan_append(size, &frontier, events)?;
-                let new_size = size + stored.len() as u64;
-                Self::insert_leaves(&mut tx, stored, &nodes).await?;
-                sqlx::query(sql::AUDIT_SET_SIZE)
-                    .bind(i(new_size))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                tx.commit().await.map_err(backend)?;
-                Ok(new_size)
+                self.append_events(events, waited_for).await
             }
 
             fn max_append(&self) -> usize {
@@ -438,58 +414,132 @@ macro_rules! impl_audit_store {
 }
 
 impl SqliteStore {
-    /// Multi-row inserts: SQLite parses them quickly and sqlx caches each shape.
-    async fn insert_leaves(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        stored: Vec<StoredEvent>,
-        nodes: &[(NodeKey, Hash)],
-    ) -> StoreResult<()> {
-        // Power-of-two chunks: a few statement texts, each prepared once and cached. Values are
-        // moved into the arguments (binding a reference would copy every string once more).
-        let chunks = crate::bulk::chunks(stored.len());
-        let mut events = stored.into_iter();
-        for r in chunks {
-            let text = format!(
-                "{}VALUES {}",
-                sql::AUDIT_INSERT_PREFIX,
-                crate::bulk::values(crate::bulk::Ph::Question, r.len(), 14, 1, "")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-            for e in events.by_ref().take(r.len()) {
-                q = q
-                    .bind(i(e.leaf_index))
-                    .bind(e.id)
-                    .bind(e.at_ms)
-                    .bind(e.action)
-                    .bind(e.outcome)
-                    .bind(e.account_id)
-                    .bind(e.credential_id)
-                    .bind(e.auth_method)
-                    .bind(e.source_addr)
-                    .bind(e.user_agent)
-                    .bind(e.resource_type)
-                    .bind(e.resource_id)
-                    .bind(e.reason)
-                    .bind(e.request_id);
-            }
-            q.execute(&mut **tx).await.map_err(backend)?;
-        }
-        for r in crate::bulk::chunks(nodes.len()) {
-            let text = format!(
-                "INSERT INTO audit_nodes (level, idx, hash) VALUES {}",
-                crate::bulk::values(crate::bulk::Ph::Question, r.len(), 3, 1, "")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-            for ((level, idx), hash) in &nodes[r] {
-                q = q.bind(i64::from(*level)).bind(i(*idx)).bind(hash.to_vec());
-            }
-            q.execute(&mut **tx).await.map_err(backend)?;
-        }
-        Ok(())
+    /// The whole append, tree nodes and leaf hashes included, in one hand-off to the writer
+    /// thread (see `direct`), with the writer lock held throughout.
+    async fn append_events(&self, events: &[AuditEvent], waited_for: bool) -> StoreResult<u64> {
+        let _held = if waited_for {
+            self.wc_as("audit").await?
+        } else {
+            self.wc_bg_as("audit_queued").await?
+        };
+        let events = events.to_vec();
+        self.direct
+            .transaction(move |c| {
+                let db = crate::direct::backend;
+                let size: i64 = c.query_row(sql::AUDIT_SIZE, [], |r| r.get(0)).map_err(db)?;
+                let size = u(size);
+                let keys = haven_audit::merkle::frontier(size);
+                let mut frontier = HashMap::with_capacity(keys.len());
+                if !keys.is_empty() {
+                    let text = format!(
+                        "SELECT level, idx, hash FROM audit_nodes WHERE {}",
+                        vec!["(level = ? AND idx = ?)"; keys.len()].join(" OR ")
+                    );
+                    let params: Vec<i64> = keys
+                        .iter()
+                        .flat_map(|(level, idx)| [i64::from(*level), i(*idx)])
+                        .collect();
+                    let mut st = c.prepare_cached(&text).map_err(db)?;
+                    let mut rows = st.query(rusqlite::params_from_iter(params)).map_err(db)?;
+                    while let Some(r) = rows.next().map_err(db)? {
+                        let level: i64 = r.get(0).map_err(db)?;
+                        let idx: i64 = r.get(1).map_err(db)?;
+                        let hash: Vec<u8> = r.get(2).map_err(db)?;
+                        frontier.insert((u8::try_from(level).unwrap_or(0), u(idx)), to_hash(hash)?);
+                    }
+                }
+                let (stored, nodes) = haven_audit::plan_append(size, &frontier, &events)?;
+                let new_size = size + stored.len() as u64;
+                // Power-of-two chunks: a few statement texts, each prepared once and cached.
+                for r in crate::bulk::chunks(stored.len()) {
+                    let text = format!(
+                        "{}VALUES {}",
+                        sql::AUDIT_INSERT_PREFIX,
+                        crate::bulk::values(crate::bulk::Ph::Question, r.len(), 14, 1, "")
+                    );
+                    let indexes: Vec<i64> =
+                        stored[r.clone()].iter().map(|e| i(e.leaf_index)).collect();
+                    let mut params: Vec<&dyn rusqlite::types::ToSql> =
+                        Vec::with_capacity(r.len() * 14);
+                    for (e, index) in stored[r].iter().zip(&indexes) {
+                        params.extend_from_slice(&[
+                            index as &dyn rusqlite::types::ToSql,
+                            &e.id,
+                            &e.at_ms,
+                            &e.action,
+                            &e.outcome,
+                            &e.account_id,
+                            &e.credential_id,
+                            &e.auth_method,
+                            &e.source_addr,
+                            &e.user_agent,
+                            &e.resource_type,
+                            &e.resource_id,
+                            &e.reason,
+                            &e.request_id,
+                        ]);
+                    }
+                    c.prepare_cached(&text)
+                        .and_then(|mut st| st.execute(params.as_slice()))
+                        .map_err(db)?;
+                }
+                for r in crate::bulk::chunks(nodes.len()) {
+                    let text = format!(
+                        "INSERT INTO audit_nodes (level, idx, hash) VALUES {}",
+                        crate::bulk::values(crate::bulk::Ph::Question, r.len(), 3, 1, "")
+                    );
+                    let keys: Vec<(i64, i64)> = nodes[r.clone()]
+                        .iter()
+                        .map(|((level, idx), _)| (i64::from(*level), i(*idx)))
+                        .collect();
+                    let mut params: Vec<&dyn rusqlite::types::ToSql> =
+                        Vec::with_capacity(r.len() * 3);
+                    for ((level, idx), (_, hash)) in keys.iter().zip(&nodes[r]) {
+                        params.extend_from_slice(&[
+                            level as &dyn rusqlite::types::ToSql,
+                            idx,
+                            hash,
+                        ]);
+                    }
+                    c.prepare_cached(&text)
+                        .and_then(|mut st| st.execute(params.as_slice()))
+                        .map_err(db)?;
+                }
+                c.execute(sql::AUDIT_SET_SIZE, [i(new_size)]).map_err(db)?;
+                Ok(new_size)
+            })
+            .await
     }
 }
 
 impl PgStore {
+    async fn append_events(&self, events: &[AuditEvent], waited_for: bool) -> StoreResult<u64> {
+        let mut wc = if waited_for {
+            self.wc_as("audit").await?
+        } else {
+            self.wc_bg_as("audit_queued").await?
+        };
+        let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
+        // Serializes appends: the state row is locked until commit (PostgreSQL); SQLite
+        // has one writer.
+        let (size,): (i64,) = sqlx::query_as(sql::AUDIT_SIZE_FOR_UPDATE)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let size = u(size);
+        let frontier = Self::fetch_nodes(&mut *tx, &haven_audit::merkle::frontier(size)).await?;
+        let (stored, nodes) = haven_audit::plan_append(size, &frontier, events)?;
+        let new_size = size + stored.len() as u64;
+        Self::insert_leaves(&mut tx, stored, &nodes).await?;
+        sqlx::query(sql::AUDIT_SET_SIZE)
+            .bind(i(new_size))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(new_size)
+    }
+
     /// One `INSERT … SELECT FROM UNNEST(arrays)` per table: a single prepared statement whatever
     /// the batch size (multi-row VALUES with thousands of parameters is re-planned every time).
     async fn insert_leaves(
@@ -553,15 +603,5 @@ impl PgStore {
 /// accepting request's commit may have to wait for.
 const SQLITE_MAX_APPEND: usize = 256;
 
-impl_audit_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    sql::AUDIT_SIZE,
-    SQLITE_MAX_APPEND
-);
-impl_audit_store!(
-    PgStore,
-    sqlx::Postgres,
-    sql::AUDIT_SIZE_FOR_UPDATE,
-    MAX_BATCH
-);
+impl_audit_store!(SqliteStore, sqlx::Sqlite, SQLITE_MAX_APPEND);
+impl_audit_store!(PgStore, sqlx::Postgres, MAX_BATCH);

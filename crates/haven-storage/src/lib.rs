@@ -4,11 +4,13 @@
 
 mod audit;
 mod bulk;
+mod direct;
 mod dispatch;
 mod inline;
 mod messages;
 mod pgpoint;
 mod rows;
+mod settle;
 mod sql;
 mod usage;
 mod vault;
@@ -222,6 +224,10 @@ impl Store {
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Arc<writer::PriorityLock<SqliteConnection>>,
+    /// The group commits of accepted messages, of send outcomes and receipts, and of audit
+    /// events: each transaction in one hand-off to a thread of its own (see `direct`), under
+    /// the same writer lock.
+    direct: Arc<direct::DirectWriter>,
     reader: Arc<ReadPool>,
     inline: Arc<inline::InlineReaders>,
 }
@@ -441,6 +447,10 @@ impl SqliteStore {
             .map_err(backend)?;
         let writer = Arc::new(writer::PriorityLock::new(writer));
         tokio::spawn(checkpoint_loop(checkpointer, Arc::downgrade(&writer)));
+        let direct = Arc::new(direct::DirectWriter::open(
+            base.get_filename(),
+            opts.sqlite_synchronous,
+        )?);
         let inline = Arc::new(inline::InlineReaders::new(base.get_filename().to_owned()));
         let readers = base.read_only(true);
         let mut idle = Vec::new();
@@ -457,6 +467,7 @@ impl SqliteStore {
         });
         Ok(Self {
             writer,
+            direct,
             reader,
             inline,
         })
@@ -578,6 +589,19 @@ impl PgStore {
     pub(crate) const PH: bulk::Ph = bulk::Ph::Dollar;
 }
 
+/// Outbox events, `rows` of them: an event that no enabled endpoint listens to is written
+/// already fanned out (see `push_events`).
+pub(crate) fn insert_events_text(ph: bulk::Ph, rows: usize) -> String {
+    format!(
+        "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, \
+         fanned_out) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, \
+         CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.status = 'enabled' \
+         AND e.account_id IN (v.column2, (SELECT a.parent_id FROM accounts a WHERE a.id = v.column2))) \
+         THEN 0 ELSE 1 END FROM (VALUES {}) AS v",
+        bulk::values(ph, rows, 5, 1, "")
+    )
+}
+
 /// The same method bodies for both backends; only the pools differ.
 macro_rules! impl_stores {
     ($store:ty, $db:ty) => {
@@ -595,14 +619,7 @@ macro_rules! impl_stores {
                 events: &[OutboxEvent],
             ) -> StoreResult<()> {
                 for r in bulk::chunks(events.len()) {
-                    let text = format!(
-                        "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, \
-                         fanned_out) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, \
-                         CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.status = 'enabled' \
-                         AND e.account_id IN (v.column2, (SELECT a.parent_id FROM accounts a WHERE a.id = v.column2))) \
-                         THEN 0 ELSE 1 END FROM (VALUES {}) AS v",
-                        bulk::values(Self::PH, r.len(), 5, 1, "")
-                    );
+                    let text = insert_events_text(Self::PH, r.len());
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
                     for e in &events[r] {
                         q = q

@@ -18,43 +18,19 @@ const SUMMARIZE_USAGE: &str = "SELECT product, channel, country, currency, COUNT
      AND ($4 IS NULL OR product = $4) AND ($5 IS NULL OR channel = $5) AND ($6 IS NULL OR country = $6) \
      GROUP BY product, channel, country, currency ORDER BY product, channel, country, currency";
 
+/// Usage records, `rows` of them; a second record for the same resource is ignored.
+pub(crate) fn insert_usage_text(ph: bulk::Ph, rows: usize) -> String {
+    format!(
+        "INSERT INTO usage_records (id, account_id, product, channel, resource_id, reference_id, \
+         country, units, unit, unit_price_micros, currency, created_at_ms) VALUES {} \
+         ON CONFLICT (resource_id) DO NOTHING",
+        bulk::values(ph, rows, 12, 1, "")
+    )
+}
+
 macro_rules! impl_usage_store {
     ($store:ty, $db:ty, $row:ty) => {
         impl $store {
-            /// Appends usage records inside the caller's transaction; a second record for
-            /// the same resource is ignored.
-            pub(crate) async fn push_usage(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                records: &[&UsageRecord],
-            ) -> StoreResult<()> {
-                for r in bulk::chunks(records.len()) {
-                    let text = format!(
-                        "INSERT INTO usage_records (id, account_id, product, channel, resource_id, reference_id, \
-                         country, units, unit, unit_price_micros, currency, created_at_ms) VALUES {} \
-                         ON CONFLICT (resource_id) DO NOTHING",
-                        bulk::values(Self::PH, r.len(), 12, 1, "")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for u in &records[r] {
-                        q = q
-                            .bind(&u.id)
-                            .bind(&u.account_id)
-                            .bind(&u.product)
-                            .bind(&u.channel)
-                            .bind(&u.resource_id)
-                            .bind(&u.reference_id)
-                            .bind(&u.country)
-                            .bind(u.units)
-                            .bind(&u.unit)
-                            .bind(u.unit_price_micros)
-                            .bind(&u.currency)
-                            .bind(u.created_at_ms);
-                    }
-                    q.execute(&mut **tx).await.map_err(backend)?;
-                }
-                Ok(())
-            }
-
             fn usage_row(r: &$row) -> StoreResult<UsageRecord> {
                 Ok(UsageRecord {
                     id: r.try_get("id").map_err(backend)?,

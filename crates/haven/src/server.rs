@@ -50,6 +50,13 @@ const INLINE_READ_BUCKETS: [f64; 12] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// Buckets of every other `*_seconds` histogram (commits, writer waits and holds, sends,
+/// claims, appends): from a fraction of a millisecond to the seconds of a stalled disk.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
 fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyError> {
     if !config.metrics.enabled {
         return Ok(None);
@@ -70,6 +77,10 @@ fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyErro
             Matcher::Full("haven_sqlite_inline_read_seconds".to_owned()),
             &INLINE_READ_BUCKETS,
         )?
+        // Every other duration is a cumulative histogram too, not a summary: a summary's
+        // quantiles cover a sliding window, so a stall early in a run is gone from them by the
+        // time they are read, while buckets diffed around a run place it.
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &DURATION_BUCKETS)?
         .install_recorder()?;
     Ok(Some(handle))
 }

@@ -157,10 +157,11 @@ async fn health_metrics_and_logs(backend: Backend) {
         assert!(seen.contains(name), "{name} missing:\n{seen}");
     }
     if backend == Backend::Sqlite {
-        // Start-up wrote through the one writer (bootstrap, audit), so both are there.
+        // Start-up wrote through the one writer (bootstrap, audit), so both are there, as
+        // cumulative histograms (not summaries, whose window forgets a stall).
         for name in [
-            "haven_sqlite_writer_wait_seconds{writer=\"foreground\"",
-            "haven_sqlite_writer_hold_seconds{writer=\"foreground\"",
+            "haven_sqlite_writer_wait_seconds_count{writer=\"foreground\"}",
+            "haven_sqlite_writer_hold_seconds_bucket{writer=\"foreground\",le=\"0.001\"}",
         ] {
             assert!(metrics.contains(name), "{name} missing:\n{metrics}");
         }
