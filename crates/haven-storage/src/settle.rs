@@ -111,6 +111,21 @@ pub(crate) trait Exec: Send {
 /// A sqlx transaction as an [`Exec`].
 pub(crate) struct SqlxTx<'t, 'c, DB: sqlx::Database>(pub(crate) &'t mut sqlx::Transaction<'c, DB>);
 
+/// A sqlx query with `params` bound in order, each with its own type.
+macro_rules! bind_all {
+    ($q:expr, $params:expr) => {{
+        let mut q = $q;
+        for p in $params {
+            q = match p {
+                Val::Int(v) => q.bind(v),
+                Val::Text(v) => q.bind(v),
+                Val::Blob(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
 macro_rules! sqlx_exec {
     ($db:ty, $ph:expr, $lock:expr, $int_types:expr, $blob_types:expr) => {
         #[async_trait::async_trait]
@@ -122,14 +137,7 @@ macro_rules! sqlx_exec {
                 $lock
             }
             async fn execute(&mut self, text: &str, params: Vec<Val>) -> StoreResult<u64> {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(text.to_owned()));
-                for p in params {
-                    q = match p {
-                        Val::Int(v) => q.bind(v),
-                        Val::Text(v) => q.bind(v),
-                        Val::Blob(v) => q.bind(v),
-                    };
-                }
+                let q = bind_all!(sqlx::query(sqlx::AssertSqlSafe(text.to_owned())), params);
                 Ok(q.execute(&mut **self.0)
                     .await
                     .map_err(backend)?
@@ -137,14 +145,7 @@ macro_rules! sqlx_exec {
             }
             async fn fetch(&mut self, text: &str, params: Vec<Val>) -> StoreResult<Vec<Row>> {
                 use sqlx::{Row as _, TypeInfo as _, ValueRef as _};
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(text.to_owned()));
-                for p in params {
-                    q = match p {
-                        Val::Int(v) => q.bind(v),
-                        Val::Text(v) => q.bind(v),
-                        Val::Blob(v) => q.bind(v),
-                    };
-                }
+                let q = bind_all!(sqlx::query(sqlx::AssertSqlSafe(text.to_owned())), params);
                 let rows = q.fetch_all(&mut **self.0).await.map_err(backend)?;
                 rows.iter()
                     .map(|r| {
