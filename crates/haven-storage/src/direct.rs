@@ -112,3 +112,49 @@ fn in_transaction<R>(
     }
     r
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn count(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_transaction_leaves_nothing_and_the_next_one_runs() {
+        let dir = std::env::temp_dir().join(format!("haven-direct-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY);")
+            .unwrap();
+        let w = DirectWriter::open(&path, SqliteSynchronous::Full).unwrap();
+        let insert = |x: i64| {
+            move |c: &mut Connection| -> StoreResult<()> {
+                c.execute("INSERT INTO t (x) VALUES (?1)", [x])
+                    .map(|_| ())
+                    .map_err(backend)
+            }
+        };
+        w.transaction(insert(1)).await.unwrap();
+        // The second insert breaks the key: the first of the same transaction is rolled back.
+        let failed = w
+            .transaction(move |c| {
+                insert(2)(c)?;
+                insert(1)(c)
+            })
+            .await;
+        assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
+        assert_eq!(count(&path), 1);
+        w.transaction(insert(3)).await.unwrap();
+        assert_eq!(count(&path), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
