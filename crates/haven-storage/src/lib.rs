@@ -4,6 +4,7 @@
 
 mod audit;
 mod bulk;
+mod checkpoint;
 mod direct;
 mod dispatch;
 mod inline;
@@ -339,73 +340,8 @@ impl std::ops::DerefMut for ReadConn<'_> {
     }
 }
 
-/// How often the WAL is copied back into the database file, on a connection of its own.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-/// WAL frames (pages) past which the checkpointer makes the log start over (256 MiB of 4 KiB
-/// pages: the most the WAL file grows to).
-const WAL_RESTART_FRAMES: i64 = 65_536;
-
-/// Checkpoints the WAL in the background (`PASSIVE`: it copies what no reader still needs and
-/// never blocks the writer or a reader), so that no commit pays for it. The loop ends with the
-/// store (the last handle on its writer dropped); SQLite checkpoints once more when the last
-/// connection closes.
-///
-/// SQLite starts the log over by itself when a writer begins after a complete checkpoint with
-/// no reader in the log; a steady load of readers may never leave such a moment. Past
-/// [`WAL_RESTART_FRAMES`] the loop makes one: a `RESTART` checkpoint, on the write connection
-/// itself as a background writer, so writers queue on the writer's lock and start the moment
-/// it ends (on another connection they met SQLite's write lock and slept in its busy handler,
-/// 1, 2, 5, 10 … 100 ms). `RESTART`, not `TRUNCATE`: the file keeps its size and is written
-/// over from the start; cutting 256 MiB off it took 135 ms here, the slowest moment of an
-/// open-loop run, against 5–10 ms for the restart.
-async fn checkpoint_loop(
-    mut conn: SqliteConnection,
-    store: std::sync::Weak<writer::PriorityLock<SqliteConnection>>,
-) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if store.upgrade().is_none_or(|w| w.is_closed()) {
-            let _ = sqlx::Connection::close(conn).await;
-            return;
-        }
-        let started = std::time::Instant::now();
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&mut conn)
-            .await
-        {
-            Ok((_, log, done)) => {
-                metrics::histogram!("haven_sqlite_checkpoint_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                // The WAL starts over only at a moment when no reader is in it, which a steady
-                // load may not leave: past a bound, wait for one (writers wait meanwhile).
-                if log >= WAL_RESTART_FRAMES
-                    && log == done
-                    && let Some(writer) = store.upgrade()
-                    && let Ok(mut held) = writer.lock(writer::Class::Background).await
-                {
-                    let started = std::time::Instant::now();
-                    let _ = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                        .execute(&mut *held)
-                        .await;
-                    drop(held);
-                    metrics::histogram!("haven_sqlite_wal_restart_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::counter!("haven_sqlite_wal_restarts_total").increment(1);
-                }
-                metrics::gauge!("haven_sqlite_wal_frames").set(log.max(0) as f64);
-                metrics::gauge!("haven_sqlite_wal_frames_pending").set((log - done).max(0) as f64);
-            }
-            Err(e) => {
-                if sqlx::Connection::ping(&mut conn).await.is_err() {
-                    return;
-                }
-                tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
-            }
-        }
-    }
-}
+/// How long a SQLite connection waits for a lock another connection holds.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Prepared statements kept per connection. The group commits' set-based statements come in a
 /// few sizes each (see `bulk`), so the writer uses a few hundred texts; with sqlx's default of
@@ -426,7 +362,7 @@ impl SqliteStore {
             .map_err(backend)?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("temp_store", "memory")
             // Deleted content (a destroyed subject key) is overwritten, not left in free pages.
@@ -446,7 +382,11 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         let writer = Arc::new(writer::PriorityLock::new(writer));
-        tokio::spawn(checkpoint_loop(checkpointer, Arc::downgrade(&writer)));
+        tokio::spawn(checkpoint::run(
+            checkpointer,
+            Arc::downgrade(&writer),
+            checkpoint::Policy::default(),
+        ));
         let direct = Arc::new(direct::DirectWriter::open(
             base.get_filename(),
             opts.sqlite_synchronous,
