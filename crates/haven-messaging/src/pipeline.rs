@@ -570,7 +570,6 @@ impl Messaging {
     }
 }
 
-/// A carrier's number as E.164: digits get their `+`; alphanumeric ids stay as they are.
 /// The region of an E.164 number (ISO 3166-1 alpha-2), by libphonenumber's metadata.
 fn country_of(e164: &str) -> Option<String> {
     phonenumber::parse(None, e164)
@@ -579,6 +578,7 @@ fn country_of(e164: &str) -> Option<String> {
         .map(|id| id.as_ref().to_owned())
 }
 
+/// A carrier's number as E.164: digits get their `+`; alphanumeric ids stay as they are.
 fn e164(raw: &str) -> String {
     let t = raw.trim();
     if !t.starts_with('+') && !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
