@@ -57,17 +57,26 @@ const DURATION_BUCKETS: [f64; 15] = [
     10.0,
 ];
 
+/// Buckets of `haven_http_request_duration_seconds`.
+const REQUEST_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyError> {
     if !config.metrics.enabled {
         return Ok(None);
     }
-    let buckets = [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    ];
-    let handle = PrometheusBuilder::new()
+    Ok(Some(prometheus_builder()?.install_recorder()?))
+}
+
+/// The exporter with every histogram's buckets. The specific rules win over the general
+/// `_seconds` one because the exporter tries `Full` matchers before `Suffix` ones, and suffixes
+/// in order (`_lag_seconds` before `_seconds`); a test holds it to that.
+fn prometheus_builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("haven_http_request_duration_seconds".to_owned()),
-            &buckets,
+            &REQUEST_BUCKETS,
         )?
         .set_buckets_for_metric(
             Matcher::Suffix("_lag_seconds".to_owned()),
@@ -80,9 +89,7 @@ fn metrics_recorder(config: &Config) -> Result<Option<PrometheusHandle>, AnyErro
         // Every other duration is a cumulative histogram too, not a summary: a summary's
         // quantiles cover a sliding window, so a stall early in a run is gone from them by the
         // time they are read, while buckets diffed around a run place it.
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &DURATION_BUCKETS)?
-        .install_recorder()?;
-    Ok(Some(handle))
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &DURATION_BUCKETS)
 }
 
 pub async fn serve(config: Config) -> Result<(), AnyError> {
@@ -379,5 +386,63 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The bucket bounds the rendered exposition gives `name`.
+    fn bounds(text: &str, name: &str) -> Vec<String> {
+        let prefix = format!("{name}_bucket{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| {
+                l.split("le=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .filter(|b| b != "+Inf")
+            .collect()
+    }
+
+    fn as_text(buckets: &[f64]) -> Vec<String> {
+        buckets.iter().map(f64::to_string).collect()
+    }
+
+    /// Each histogram gets its own buckets: the specific rules are not shadowed by the general
+    /// `_seconds` one, and every other duration is a histogram, not a summary.
+    #[test]
+    fn every_duration_gets_its_buckets() {
+        let recorder = prometheus_builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for name in [
+                "haven_http_request_duration_seconds",
+                "haven_runtime_lag_seconds",
+                "haven_thread_lag_seconds",
+                "haven_sqlite_inline_read_seconds",
+                "haven_group_commit_seconds",
+                "haven_sqlite_wal_restart_seconds",
+            ] {
+                metrics::histogram!(name).record(0.003);
+            }
+        });
+        let text = handle.render();
+        let cases: [(&str, &[f64]); 6] = [
+            ("haven_http_request_duration_seconds", &REQUEST_BUCKETS),
+            ("haven_runtime_lag_seconds", &crate::lag::BUCKETS),
+            ("haven_thread_lag_seconds", &crate::lag::BUCKETS),
+            ("haven_sqlite_inline_read_seconds", &INLINE_READ_BUCKETS),
+            ("haven_group_commit_seconds", &DURATION_BUCKETS),
+            ("haven_sqlite_wal_restart_seconds", &DURATION_BUCKETS),
+        ];
+        for (name, want) in cases {
+            assert_eq!(bounds(&text, name), as_text(want), "{name} in:\n{text}");
+        }
     }
 }
