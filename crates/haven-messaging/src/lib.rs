@@ -276,7 +276,7 @@ impl Messaging {
             max,
             move |rows: Vec<(MessageRow, Option<OutboxEvent>)>| {
                 let s = s.clone();
-                async move { s.insert_messages(&rows).await }
+                async move { s.insert_messages(rows).await }
             },
         );
         let background_max = background_limit(store.as_ref(), max);
@@ -300,7 +300,7 @@ impl Messaging {
                                     Settle::Receipt(r) => receipts.push(r),
                                 }
                             }
-                            let settled = s.settle(&outcomes, &receipts, &pipeline::decide).await?;
+                            let settled = s.settle(outcomes, receipts, &pipeline::decide).await?;
                             if let Some(me) = me.upgrade() {
                                 me.settled(settled).await;
                             }

@@ -296,7 +296,11 @@ pub trait MessageStore: Send + Sync {
     async fn delete_sender(&self, id: &str) -> StoreResult<bool>;
 
     /// Stores messages (and the events they cause) in one transaction: the group commit.
-    async fn insert_messages(&self, rows: &[(MessageRow, Option<OutboxEvent>)]) -> StoreResult<()>;
+    /// Owned, so that a store may hand the batch to another thread without copying it.
+    async fn insert_messages(
+        &self,
+        rows: Vec<(MessageRow, Option<OutboxEvent>)>,
+    ) -> StoreResult<()>;
     async fn get_message(&self, id: &str) -> StoreResult<Option<MessageRow>>;
     async fn list_messages(
         &self,
@@ -319,10 +323,11 @@ pub trait MessageStore: Send + Sync {
     /// receipt whose part is not recorded (its submit is still being written, here or on
     /// another node, or the message is not one of ours) is stored for
     /// [`MessageStore::retry_receipts`].
+    /// Owned, as in [`MessageStore::insert_messages`].
     async fn settle(
         &self,
-        outcomes: &[Outcome],
-        receipts: &[ReceiptRow],
+        outcomes: Vec<Outcome>,
+        receipts: Vec<ReceiptRow>,
         decide: &'static Decide,
     ) -> StoreResult<Settled>;
     /// Tries again up to `limit` stored receipts due at `now_ms`, in one transaction: applied

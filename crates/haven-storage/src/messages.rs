@@ -329,7 +329,7 @@ macro_rules! impl_message_store {
 
             async fn insert_messages(
                 &self,
-                rows: &[(MessageRow, Option<OutboxEvent>)],
+                rows: Vec<(MessageRow, Option<OutboxEvent>)>,
             ) -> StoreResult<()> {
                 self.insert_message_rows(rows).await
             }
@@ -381,8 +381,8 @@ macro_rules! impl_message_store {
 
             async fn settle(
                 &self,
-                outcomes: &[Outcome],
-                receipts: &[ReceiptRow],
+                outcomes: Vec<Outcome>,
+                receipts: Vec<ReceiptRow>,
                 decide: &'static Decide,
             ) -> StoreResult<Settled> {
                 self.settle_sends(outcomes, receipts, decide).await
@@ -502,20 +502,20 @@ impl PgStore {
     /// `retry_receipts`.
     async fn settle_sends(
         &self,
-        outcomes: &[Outcome],
-        receipts: &[ReceiptRow],
+        outcomes: Vec<Outcome>,
+        receipts: Vec<ReceiptRow>,
         decide: &'static Decide,
     ) -> StoreResult<Settled> {
         let mut wc = self.wc_bg_as("settle").await?;
         let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
-        let settled = settle::settle(&mut SqlxTx(&mut tx), outcomes, receipts, decide).await?;
+        let settled = settle::settle(&mut SqlxTx(&mut tx), &outcomes, &receipts, decide).await?;
         tx.commit().await.map_err(backend)?;
         Ok(settled)
     }
 
     async fn insert_message_rows(
         &self,
-        rows: &[(MessageRow, Option<OutboxEvent>)],
+        rows: Vec<(MessageRow, Option<OutboxEvent>)>,
     ) -> StoreResult<()> {
         let mut wc = self.wc_as("messages").await?;
         let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
@@ -561,7 +561,7 @@ impl PgStore {
             }
             q.execute(&mut *tx).await.map_err(backend)?;
         }
-        let events: Vec<OutboxEvent> = rows.iter().filter_map(|(_, e)| e.clone()).collect();
+        let events: Vec<OutboxEvent> = rows.into_iter().filter_map(|(_, e)| e).collect();
         Self::push_events(&mut tx, &events).await?;
         tx.commit().await.map_err(backend)
     }
@@ -572,12 +572,11 @@ impl SqliteStore {
     /// lock held throughout.
     async fn settle_sends(
         &self,
-        outcomes: &[Outcome],
-        receipts: &[ReceiptRow],
+        outcomes: Vec<Outcome>,
+        receipts: Vec<ReceiptRow>,
         decide: &'static Decide,
     ) -> StoreResult<Settled> {
         let _held = self.wc_bg_as("settle").await?;
-        let (outcomes, receipts) = (outcomes.to_vec(), receipts.to_vec());
         self.direct
             .transaction(move |conn| {
                 settle::run_ready(settle::settle(
@@ -594,10 +593,9 @@ impl SqliteStore {
     /// writer thread (see `direct`), with the writer lock held throughout.
     async fn insert_message_rows(
         &self,
-        rows: &[(MessageRow, Option<OutboxEvent>)],
+        rows: Vec<(MessageRow, Option<OutboxEvent>)>,
     ) -> StoreResult<()> {
         let _held = self.wc_as("messages").await?;
-        let rows = rows.to_vec();
         self.direct
             .transaction(move |tx| {
                 use rusqlite::types::ToSql;
@@ -650,7 +648,7 @@ impl SqliteStore {
                         .and_then(|mut st| st.execute(params.as_slice()))
                         .map_err(direct::backend)?;
                 }
-                let events: Vec<OutboxEvent> = rows.iter().filter_map(|(_, e)| e.clone()).collect();
+                let events: Vec<OutboxEvent> = rows.into_iter().filter_map(|(_, e)| e).collect();
                 settle::run_ready(settle::push_events(&mut settle::Direct(tx), &events))
             })
             .await
