@@ -263,6 +263,10 @@ pub struct SmscConfig {
     /// Submits outstanding at once on this connection.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// Receipts and inbound messages (`deliver_sm`) handled at once on this connection, at
+    /// least `window`; beyond it the SMSC is asked to redeliver.
+    #[serde(default = "default_inbound_window")]
+    pub inbound_window: usize,
     /// Submits per second on this connection (the carrier's contracted throughput).
     #[serde(default)]
     pub max_per_second: Option<u32>,
@@ -278,6 +282,9 @@ fn default_bind() -> String {
 }
 fn default_window() -> usize {
     10
+}
+fn default_inbound_window() -> usize {
+    4096
 }
 fn default_enquire_link() -> u64 {
     30
@@ -976,6 +983,12 @@ impl Config {
             if !(1..=1000).contains(&c.window) {
                 p.push(problem(&at("window"), "must be between 1 and 1000"));
             }
+            if !(1..=65_536).contains(&c.inbound_window) {
+                p.push(problem(
+                    &at("inbound_window"),
+                    "must be between 1 and 65536",
+                ));
+            }
             if !(1..=3600).contains(&c.enquire_link_seconds) {
                 p.push(problem(
                     &at("enquire_link_seconds"),
@@ -1448,6 +1461,31 @@ mod tests {
         .unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(c.database_url(), "postgres://u:pw@db/haven");
         assert!(!c.to_redacted_toml().contains("pw@"));
+    }
+
+    #[test]
+    fn smsc_windows_are_checked() {
+        let load = |extra: &str| {
+            let mut f = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+            let text = format!(
+                "[[sms.smsc]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = 2775\nsystem_id = \"haven\"\n{extra}"
+            );
+            f.write_all(text.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            Config::load(Some(f.path()), env(&[]), &CliOverrides::default())
+        };
+        let c = load("").unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(c.sms.smsc[0].window, 10);
+        assert_eq!(c.sms.smsc[0].inbound_window, 4096);
+        let c = load("window = 500\ninbound_window = 20000\n").unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(c.sms.smsc[0].inbound_window, 20000);
+        let bad: Vec<String> = load("window = 0\ninbound_window = 0\n")
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        assert_eq!(bad, ["sms.smsc[0].window", "sms.smsc[0].inbound_window"]);
     }
 
     #[test]

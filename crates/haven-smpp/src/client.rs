@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -78,6 +78,11 @@ pub struct SmscConfig {
     pub mo_reassembly_timeout: Duration,
     /// Most concatenated inbound messages held incomplete at once (default 1024).
     pub mo_max_partial: usize,
+    /// `deliver_sm` (receipts, inbound messages) handled at once on this connection, at
+    /// least `window` (default 4096). Each waits for its group commit before its answer, so
+    /// this bounds the receipts a second the connection takes to this divided by the commit's
+    /// wait. Beyond it the SMSC is asked to redeliver (`ESME_RX_T_APPN`).
+    pub inbound_window: usize,
 }
 
 impl Default for SmscConfig {
@@ -107,6 +112,7 @@ impl Default for SmscConfig {
             service_type: String::new(),
             mo_reassembly_timeout: Duration::from_secs(300),
             mo_max_partial: 1024,
+            inbound_window: DEFAULT_INBOUND_WINDOW,
         }
     }
 }
@@ -300,12 +306,12 @@ impl Backoff {
     }
 }
 
-/// deliver_sm handled at once per connection, at least: the connection's `window` when that is
-/// larger. Beyond it the SMSC is asked to redeliver. Each deliver_sm waits for its group commit
-/// before its answer, so this bounds how many receipts a second a connection can take: receipts
-/// come back at the rate submits go out, and a smaller inbound than outbound window made a busy
-/// SMSC's receipts queue up behind refusals.
-const INBOUND_CONCURRENCY: usize = 128;
+/// `deliver_sm` handled at once per connection by default. Receipts come back at the rate
+/// submits go out and each waits for the paced settle's commit (50 ms apart, plus the commit)
+/// before its answer: at 10,000 receipts a second about 1,000 are in progress. A bound of 500
+/// (the submit window) refused more receipts than there were messages, each then sent again
+/// by the SMSC a second later. A waiting receipt costs a task and its PDU, a few hundred bytes.
+pub const DEFAULT_INBOUND_WINDOW: usize = 4096;
 
 struct Shared {
     config: SmscConfig,
@@ -318,13 +324,41 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     reassembly: Mutex<Reassembler>,
     inbound: Arc<Semaphore>,
+    inbound_window: usize,
+    /// deliver_sm refused since the last warning, and when that was (ms since the epoch).
+    refused: AtomicU64,
+    refused_warned_ms: AtomicI64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// At most one warning per this long about refused deliver_sm (each is counted).
+const REFUSED_WARN_EVERY_MS: i64 = 10_000;
+
 impl Shared {
+    /// Counts a deliver_sm refused for want of room; warns at most once per
+    /// [`REFUSED_WARN_EVERY_MS`], with how many were refused since the last warning.
+    fn refused_inbound(&self) {
+        metrics::counter!("haven_smpp_deliver_refused_total", "route" => self.config.name.clone())
+            .increment(1);
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let last = self.refused_warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= REFUSED_WARN_EVERY_MS
+            && self
+                .refused_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.refused.swap(0, Ordering::Relaxed);
+            tracing::warn!(route = %self.config.name, refused,
+                inbound_window = self.inbound_window,
+                "deliver_sm refused for want of room (ESME_RX_T_APPN; the SMSC redelivers): raise inbound_window");
+        }
+    }
+
     fn current(&self) -> Option<Arc<Connection>> {
         lock(&self.conn).clone().filter(|c| !c.is_closed())
     }
@@ -393,6 +427,7 @@ impl Smsc {
     /// to `sink`. The config is not validated here: call [`SmscConfig::validate`] first.
     pub fn start(config: SmscConfig, sink: Arc<dyn InboundSink>) -> Smsc {
         let window = config.window.max(1);
+        let inbound = window.max(config.inbound_window);
         let shared = Arc::new(Shared {
             bucket: config.max_per_second.map(TokenBucket::new),
             reassembly: Mutex::new(Reassembler::new(
@@ -406,7 +441,10 @@ impl Smsc {
             in_flight: AtomicUsize::new(0),
             detail: Mutex::new("starting".into()),
             shutdown: watch::channel(false).0,
-            inbound: Arc::new(Semaphore::new(window.max(INBOUND_CONCURRENCY))),
+            inbound: Arc::new(Semaphore::new(inbound)),
+            inbound_window: inbound,
+            refused: AtomicU64::new(0),
+            refused_warned_ms: AtomicI64::new(0),
         });
         shared.set_connected(None);
         shared.in_flight_add(0);
@@ -850,7 +888,7 @@ async fn handle_frame(
             let Ok(permit) = shared.inbound.clone().try_acquire_owned() else {
                 // More deliver_sm in progress than we handle at once: the SMSC overran its
                 // window. Ask it to redeliver later.
-                tracing::warn!(route = %route, seq, "too many deliver_sm in progress; asking for redelivery");
+                shared.refused_inbound();
                 let mut resp = Packet::new(seq, Pdu::DeliverSmResp(SmResp::default()));
                 resp.command_status = status::ESME_RX_T_APPN;
                 return reply_now(conn, resp);

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -144,11 +144,21 @@ impl Drop for Sim {
 struct TestSink {
     events: Mutex<Vec<ChannelEvent>>,
     fail: AtomicBool,
+    /// While set, each event waits in `receive` (counted in `waiting`) before it is taken.
+    hold: AtomicBool,
+    waiting: AtomicUsize,
 }
 
 #[async_trait::async_trait]
 impl InboundSink for TestSink {
     async fn receive(&self, event: ChannelEvent) -> Result<(), SinkError> {
+        if self.hold.load(Ordering::SeqCst) {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while self.hold.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         if self.fail.load(Ordering::SeqCst) {
             return Err(SinkError("test sink refuses".into()));
         }
@@ -487,6 +497,41 @@ async fn sink_failure_asks_the_smsc_to_redeliver() {
         sink.receipts().iter().any(|r| r.0 == sent.provider_ids[0])
     })
     .await;
+    ch.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_sm_beyond_the_inbound_window_is_refused_for_redelivery() {
+    let sim = Sim::start(&[]);
+    let mut c = config("sim", &sim);
+    c.window = 1;
+    c.inbound_window = 2;
+    let (ch, sink) = start(vec![c]).await;
+    sink.hold.store(true, Ordering::SeqCst);
+    let mo = |text: &str| {
+        sim.post(
+            "/mo",
+            json!({"from": "+14155550123", "to": "+14155550199", "text": text}),
+        )
+    };
+    // Two inbound messages fill the window and wait in the sink; a third is refused at once
+    // (ESME_RX_T_APPN) without waiting for them; once they are taken there is room again.
+    let (one, two, three) = tokio::join!(mo("one"), mo("two"), async {
+        wait_until("two deliver_sm waiting in the sink", || {
+            sink.waiting.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        let refused = mo("three").await;
+        sink.hold.store(false, Ordering::SeqCst);
+        refused
+    });
+    assert_eq!(one.1["statuses"], json!([0]));
+    assert_eq!(two.1["statuses"], json!([0]));
+    assert_eq!(three.1["statuses"], json!([0x64]));
+    assert_eq!(mo("four").await.1["statuses"], json!([0]));
+    let mut texts: Vec<String> = sink.inbound().into_iter().map(|m| m.2).collect();
+    texts.sort();
+    assert_eq!(texts, ["four", "one", "two"]);
     ch.shutdown().await;
 }
 

@@ -39,6 +39,7 @@ fn smsc(c: &SmscSection) -> Result<haven_smpp::SmscConfig, AnyError> {
         ca_file: c.ca_file.clone(),
         tls_server_name: c.tls_server_name.clone(),
         window: c.window,
+        inbound_window: c.inbound_window,
         max_per_second: c.max_per_second,
         enquire_link_interval: Duration::from_secs(c.enquire_link_seconds),
         prefixes: c.prefixes.clone(),
