@@ -184,10 +184,11 @@ pub struct Messaging {
     channels: RwLock<HashMap<ChannelKind, Arc<dyn Channel>>>,
     limiter: RateLimiter,
     pub(crate) writer: Batcher<(MessageRow, Option<OutboxEvent>)>,
-    /// Send outcomes and arriving receipts (see [`MessageStore::settle`]): one batcher for
-    /// both when the store settles them together, else one each.
-    pub(crate) outcome_writer: Batcher<Settle>,
-    pub(crate) receipt_writer: Batcher<Settle>,
+    /// Send outcomes and arriving receipts, settled together (see [`MessageStore::settle`]):
+    /// a receipt comes after its submit's outcome was queued, so it finds the part that
+    /// outcome writes in the same transaction or an earlier one, and is applied at once
+    /// rather than stored and tried again.
+    pub(crate) settle_writer: Batcher<Settle>,
     pub(crate) wake_sender: Notify,
     /// Messages this node accepted, due at once and leased to itself on insert: they go
     /// straight to the sending loop instead of being claimed back from the store. Set by the
@@ -281,11 +282,11 @@ impl Messaging {
         );
         let background_max = background_limit(store.as_ref(), max);
         Arc::new_cyclic(|me: &std::sync::Weak<Self>| {
-            let spawn = |name: &'static str| {
+            let settle_writer = {
                 let s = store.clone();
                 let me = me.clone();
                 Batcher::spawn_paced(
-                    name,
+                    "settle",
                     background_max,
                     pipeline::BACKGROUND_PACE,
                     move |items: Vec<Settle>| {
@@ -309,14 +310,6 @@ impl Messaging {
                     },
                 )
             };
-            // Together, a receipt usually finds the part its submit's outcome wrote in the
-            // same batch or an earlier one.
-            let (outcome_writer, receipt_writer) = if store.settle_together() {
-                let both = spawn("settle");
-                (both.clone(), both)
-            } else {
-                (spawn("outcomes"), spawn("receipts"))
-            };
             Self::build(
                 store,
                 vault,
@@ -324,7 +317,7 @@ impl Messaging {
                 audit,
                 settings,
                 writer,
-                (outcome_writer, receipt_writer),
+                settle_writer,
             )
         })
     }
@@ -336,7 +329,7 @@ impl Messaging {
         audit: Arc<dyn AuditSink>,
         settings: MessagingSettings,
         writer: Batcher<(MessageRow, Option<OutboxEvent>)>,
-        (outcome_writer, receipt_writer): (Batcher<Settle>, Batcher<Settle>),
+        settle_writer: Batcher<Settle>,
     ) -> Self {
         Self {
             limiter: RateLimiter::new(settings.rate_per_second, settings.burst),
@@ -348,8 +341,7 @@ impl Messaging {
             settings,
             channels: RwLock::new(HashMap::new()),
             writer,
-            outcome_writer,
-            receipt_writer,
+            settle_writer,
             wake_sender: Notify::new(),
             handoff: std::sync::OnceLock::new(),
             event_hook: EventHook::default(),

@@ -426,7 +426,7 @@ impl Messaging {
             let workflow = row.workflow_id.is_some();
             let outcome = me.attempt(row).await;
             let wrote_event = !matches!(outcome, Outcome::Retry { .. });
-            if let Err(e) = me.outcome_writer.submit(Settle::Outcome(outcome)).await {
+            if let Err(e) = me.settle_writer.submit(Settle::Outcome(outcome)).await {
                 // The lease runs out and the message is tried again.
                 tracing::warn!(message_id = %id, error = %e, "recording a send outcome failed");
             } else if wrote_event {
@@ -601,7 +601,7 @@ impl InboundSink for Messaging {
                 ..
             } => {
                 // Answered (deliver_sm_resp) once applied or stored: never lost.
-                self.receipt_writer
+                self.settle_writer
                     .submit(Settle::Receipt(ReceiptRow {
                         route,
                         provider_id,

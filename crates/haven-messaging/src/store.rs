@@ -226,14 +226,6 @@ pub trait MessageStore: Send + Sync {
     fn background_batch_max(&self) -> Option<usize> {
         None
     }
-    /// Whether send outcomes and arriving receipts share one transaction ([`Self::settle`]
-    /// with both). Yes on a store with one writer, where one transaction costs less than two
-    /// turns of it; no where transactions run side by side (PostgreSQL): there a receipt's
-    /// batch does not wait for a batch of outcomes, and its acknowledgement to the carrier
-    /// stays prompt.
-    fn settle_together(&self) -> bool {
-        false
-    }
     async fn insert_template(&self, row: &TemplateRow) -> StoreResult<()>;
     async fn get_template(&self, id: &str) -> StoreResult<Option<TemplateRow>>;
     async fn list_templates(

@@ -83,11 +83,6 @@ macro_rules! impl_message_store {
                 $background_max
             }
 
-            fn settle_together(&self) -> bool {
-                // One writer is what makes short batches worth asking for.
-                $background_max.is_some()
-            }
-
             async fn insert_template(&self, t: &TemplateRow) -> StoreResult<()> {
                 sqlx::query(sql::INSERT_TEMPLATE)
                     .bind(&t.id)
