@@ -269,18 +269,23 @@ async fn context(State(st): State<Arc<AppState>>, mut req: Request, next: Next) 
     let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let timeout = st.settings.request_timeout;
+    let audit = haven_platform::audit::RequestAudit::new();
     let mut res = problem::REQUEST_ID
-        .scope(request_id.clone(), async move {
-            match tokio::time::timeout(timeout, next.run(req)).await {
-                Ok(res) => res,
-                Err(_) => Problem::new(
-                    ProblemType::ServiceUnavailable,
-                    "The request took too long.",
-                )
-                .into_response(),
-            }
-        })
+        .scope(
+            request_id.clone(),
+            audit.scope(async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(res) => res,
+                    Err(_) => Problem::new(
+                        ProblemType::ServiceUnavailable,
+                        "The request took too long.",
+                    )
+                    .into_response(),
+                }
+            }),
+        )
         .await;
+    audit.finish().await;
     let status = res.status().as_u16();
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {

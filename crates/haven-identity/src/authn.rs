@@ -256,15 +256,14 @@ impl Identity {
             return Err(IdentityError::AddressNotAllowed);
         }
         self.touch(&p.credential_id, now);
-        // Successful authentications are the bulk of the log: queued for the next group commit
-        // rather than waited for (failures and every change are waited for).
-        self.audit
-            .enqueue(haven_platform::audit::AuditEvent::new(
-                action,
-                Outcome::Success,
-                p.actor(meta),
-            ))
-            .await;
+        // Successful authentications are the bulk of the log: held back in a request until it
+        // ends, where an event of the request's own stands for them, and otherwise queued for
+        // the next group commit rather than waited for (failures and every change are waited
+        // for).
+        let event = haven_platform::audit::AuditEvent::new(action, Outcome::Success, p.actor(meta));
+        if let Some(event) = haven_platform::audit::hold_authentication(&self.audit, event) {
+            self.audit.enqueue(event).await;
+        }
         Ok(p)
     }
 

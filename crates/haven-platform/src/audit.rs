@@ -4,6 +4,7 @@
 //! with a tamper-evident log; until then the storage crate appends to a plain table.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 /// The typed catalogue of audited actions. The string forms are stable: they are stored and
 /// queried by auditors.
@@ -189,6 +190,107 @@ impl AuditEvent {
     }
 }
 
+/// One request's audit bookkeeping: its successful authentication is held back until the
+/// request ends, and recorded then only if the request recorded no event of its own. An event
+/// the request records (`message.sent`, `key.created`, a read of a record…) names the same
+/// credential, method, address and request id, so it stands for the authentication too, and
+/// the log holds one event per request instead of two. Failures are never held back.
+///
+/// Run the request's future in [`RequestAudit::scope`], then call [`RequestAudit::finish`]. A
+/// request dropped half-way (the client went away) still gets its authentication recorded,
+/// from `Drop`, on a task of its own.
+#[derive(Default)]
+pub struct RequestAudit {
+    state: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    auth: Option<(Arc<dyn AuditSink>, AuditEvent)>,
+    covered: bool,
+}
+
+tokio::task_local! {
+    static REQUEST_AUDIT: Arc<RequestAudit>;
+}
+
+impl RequestAudit {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Runs `fut` as this request: authentications inside it are held back here.
+    pub async fn scope<F: std::future::Future>(self: &Arc<Self>, fut: F) -> F::Output {
+        REQUEST_AUDIT.scope(Arc::clone(self), fut).await
+    }
+
+    /// Records the held-back authentication unless the request recorded an event of its own.
+    pub async fn finish(&self) {
+        if let Some((sink, event)) = self.uncovered() {
+            sink.enqueue(event).await;
+        }
+    }
+
+    fn uncovered(&self) -> Option<(Arc<dyn AuditSink>, AuditEvent)> {
+        let mut held = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let auth = held.auth.take();
+        if held.covered { None } else { auth }
+    }
+}
+
+impl Drop for RequestAudit {
+    fn drop(&mut self) {
+        if let Some((sink, event)) = self.uncovered() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move { sink.enqueue(event).await });
+                }
+                Err(_) => tracing::error!(
+                    action = event.action.as_str(),
+                    "no runtime to record a held-back authentication"
+                ),
+            }
+        }
+    }
+}
+
+/// Holds back `event`, a successful authentication, in the current request (see
+/// [`RequestAudit`]); gives it back, to be recorded now, outside a request.
+pub fn hold_authentication(sink: &Arc<dyn AuditSink>, event: AuditEvent) -> Option<AuditEvent> {
+    match REQUEST_AUDIT.try_with(Arc::clone) {
+        Ok(req) => {
+            let mut held = req.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((sink, earlier)) = held.auth.replace((Arc::clone(sink), event)) {
+                // A second authentication in one request: the first is recorded as it was.
+                drop(held);
+                tokio::spawn(async move { sink.enqueue(earlier).await });
+            }
+            None
+        }
+        Err(_) => Some(event),
+    }
+}
+
+/// Called by every [`AuditSink`] for each event it takes: a successful event of the current
+/// request's own credential stands for the authentication held back there.
+pub fn note_recorded(event: &AuditEvent) {
+    if event.outcome != Outcome::Success {
+        return;
+    }
+    let _ = REQUEST_AUDIT.try_with(|req| {
+        let mut held = req.state.lock().unwrap_or_else(|p| p.into_inner());
+        let same = held.auth.as_ref().is_some_and(|(_, auth)| {
+            auth.actor.credential_id.is_some()
+                && auth.actor.credential_id == event.actor.credential_id
+                && auth.actor.request_id == event.actor.request_id
+                && auth.id != event.id
+        });
+        if same {
+            held.covered = true;
+        }
+    });
+}
+
 /// Appends audit events. Implementations apply back-pressure rather than drop when they fall
 /// behind.
 #[async_trait::async_trait]
@@ -199,5 +301,133 @@ pub trait AuditSink: Send + Sync {
     /// high-volume events (successful authentication) where waiting would slow every request.
     async fn enqueue(&self, event: AuditEvent) {
         self.record(event).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A sink that keeps what it is given, and notes it as the real one does.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<AuditEvent>>);
+
+    #[async_trait::async_trait]
+    impl AuditSink for Kept {
+        async fn record(&self, event: AuditEvent) {
+            note_recorded(&event);
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Kept {
+        fn actions(&self) -> Vec<&'static str> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|e| e.action.as_str())
+                .collect()
+        }
+    }
+
+    fn actor(credential: &str, request: &str) -> Actor {
+        Actor {
+            account_id: Some("acc_1".into()),
+            credential_id: Some(credential.into()),
+            auth_method: Some("api_key"),
+            source_addr: None,
+            user_agent: None,
+            request_id: Some(request.into()),
+        }
+    }
+
+    fn auth(credential: &str, request: &str) -> AuditEvent {
+        AuditEvent::new(
+            AuditAction::AuthApiKey,
+            Outcome::Success,
+            actor(credential, request),
+        )
+    }
+
+    /// Authenticates inside a request, then records `then` (if any) and ends the request.
+    async fn request(kept: &Arc<Kept>, then: Option<AuditEvent>) {
+        let sink: Arc<dyn AuditSink> = kept.clone();
+        let req = RequestAudit::new();
+        req.scope(async {
+            assert!(hold_authentication(&sink, auth("key_a", "req_1")).is_none());
+            if let Some(e) = then {
+                sink.enqueue(e).await;
+            }
+        })
+        .await;
+        req.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_with_its_own_event_is_that_event_alone() {
+        let kept = Arc::new(Kept::default());
+        let own = AuditEvent::new(
+            AuditAction::AccountRenamed,
+            Outcome::Success,
+            actor("key_a", "req_1"),
+        );
+        request(&kept, Some(own)).await;
+        assert_eq!(kept.actions(), ["account.renamed"]);
+    }
+
+    #[tokio::test]
+    async fn otherwise_the_authentication_is_recorded_when_the_request_ends() {
+        // Nothing else recorded, a failure, or another credential's event: none stands for it.
+        let kept = Arc::new(Kept::default());
+        request(&kept, None).await;
+        assert_eq!(kept.actions(), ["auth.api_key"]);
+
+        let kept = Arc::new(Kept::default());
+        let failed = AuditEvent::new(
+            AuditAction::AccountRenamed,
+            Outcome::Failure,
+            actor("key_a", "req_1"),
+        );
+        request(&kept, Some(failed)).await;
+        assert_eq!(kept.actions(), ["account.renamed", "auth.api_key"]);
+
+        let kept = Arc::new(Kept::default());
+        let other = AuditEvent::new(
+            AuditAction::AccountRenamed,
+            Outcome::Success,
+            actor("key_b", "req_1"),
+        );
+        request(&kept, Some(other)).await;
+        assert_eq!(kept.actions(), ["account.renamed", "auth.api_key"]);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_still_records_its_authentication() {
+        let kept = Arc::new(Kept::default());
+        let sink: Arc<dyn AuditSink> = kept.clone();
+        let req = RequestAudit::new();
+        let abandoned = req.scope(async {
+            assert!(hold_authentication(&sink, auth("key_a", "req_1")).is_none());
+            std::future::pending::<()>().await;
+        });
+        // Polled once (the authentication is held), then dropped with the request.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(10), abandoned).await;
+        drop(req);
+        for _ in 0..100 {
+            if !kept.actions().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(kept.actions(), ["auth.api_key"]);
+    }
+
+    #[tokio::test]
+    async fn outside_a_request_nothing_is_held() {
+        let kept = Arc::new(Kept::default());
+        let sink: Arc<dyn AuditSink> = kept.clone();
+        assert!(hold_authentication(&sink, auth("key_a", "req_1")).is_some());
     }
 }

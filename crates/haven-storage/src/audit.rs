@@ -123,6 +123,7 @@ async fn write_until_done(store: &dyn AuditStore, events: &[AuditEvent], waited_
 #[async_trait::async_trait]
 impl AuditSink for BufferedAudit {
     async fn record(&self, event: AuditEvent) {
+        haven_platform::audit::note_recorded(&event);
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Item::Event(event, Some(tx))).await.is_ok() {
             let _ = rx.await;
@@ -132,6 +133,7 @@ impl AuditSink for BufferedAudit {
     }
 
     async fn enqueue(&self, event: AuditEvent) {
+        haven_platform::audit::note_recorded(&event);
         if self.tx.send(Item::Event(event, None)).await.is_err() {
             tracing::error!("audit writer has stopped; event not recorded");
         }

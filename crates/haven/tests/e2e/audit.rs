@@ -52,6 +52,19 @@ async fn events_are_recorded_and_isolated(backend: Backend) {
         .unwrap_or("")
         .to_owned();
     let _ = send(s.as_key(Method::GET, &format!("/v1/accounts/{b}"), &kb, &sb)).await;
+    // A request that records an event of its own is one event, not two: that event names
+    // the credential and how it authenticated.
+    let renamed = s
+        .admin(Method::PATCH, &format!("/v1/accounts/{b}"))
+        .json(&serde_json::json!({"name": "B, renamed"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(renamed.status(), 200);
+    let rename_id = renamed.headers()["x-request-id"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 
     let all = events(&s, &ak, &asec, "").await;
@@ -81,6 +94,15 @@ async fn events_are_recorded_and_isolated(backend: Backend) {
         ),
         (Some("auth.api_key"), Some("success"))
     );
+    let of_rename: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["request_id"] == rename_id)
+        .collect();
+    assert_eq!(of_rename.len(), 1, "{of_rename:?}");
+    assert_eq!(of_rename[0]["action"], "account.renamed");
+    assert_eq!(of_rename[0]["outcome"], "success");
+    assert_eq!(of_rename[0]["actor"]["credential_id"], ak.as_str());
+    assert_eq!(of_rename[0]["actor"]["auth_method"], "api_key");
     // No secret ever appears in an event.
     assert!(
         !serde_json::to_string(&all)
