@@ -351,6 +351,14 @@ mod tests {
         )
     }
 
+    fn renamed(outcome: Outcome, credential: &str) -> AuditEvent {
+        AuditEvent::new(
+            AuditAction::AccountRenamed,
+            outcome,
+            actor(credential, "req_1"),
+        )
+    }
+
     /// Authenticates inside a request, then records `then` (if any) and ends the request.
     async fn request(kept: &Arc<Kept>, then: Option<AuditEvent>) {
         let sink: Arc<dyn AuditSink> = kept.clone();
@@ -368,12 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_with_its_own_event_is_that_event_alone() {
         let kept = Arc::new(Kept::default());
-        let own = AuditEvent::new(
-            AuditAction::AccountRenamed,
-            Outcome::Success,
-            actor("key_a", "req_1"),
-        );
-        request(&kept, Some(own)).await;
+        request(&kept, Some(renamed(Outcome::Success, "key_a"))).await;
         assert_eq!(kept.actions(), ["account.renamed"]);
     }
 
@@ -385,21 +388,11 @@ mod tests {
         assert_eq!(kept.actions(), ["auth.api_key"]);
 
         let kept = Arc::new(Kept::default());
-        let failed = AuditEvent::new(
-            AuditAction::AccountRenamed,
-            Outcome::Failure,
-            actor("key_a", "req_1"),
-        );
-        request(&kept, Some(failed)).await;
+        request(&kept, Some(renamed(Outcome::Failure, "key_a"))).await;
         assert_eq!(kept.actions(), ["account.renamed", "auth.api_key"]);
 
         let kept = Arc::new(Kept::default());
-        let other = AuditEvent::new(
-            AuditAction::AccountRenamed,
-            Outcome::Success,
-            actor("key_b", "req_1"),
-        );
-        request(&kept, Some(other)).await;
+        request(&kept, Some(renamed(Outcome::Success, "key_b"))).await;
         assert_eq!(kept.actions(), ["account.renamed", "auth.api_key"]);
     }
 
