@@ -283,7 +283,6 @@ pub fn note_recorded(event: &AuditEvent) {
             auth.actor.credential_id.is_some()
                 && auth.actor.credential_id == event.actor.credential_id
                 && auth.actor.request_id == event.actor.request_id
-                && auth.id != event.id
         });
         if same {
             held.covered = true;
