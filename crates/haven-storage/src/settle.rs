@@ -10,7 +10,8 @@
 use crate::bulk::{self, Ph};
 use crate::{backend, sql};
 use haven_messaging::store::{
-    Decide, Outcome, PartRow, ReceiptRow, ReceiptTarget, Settled, receipt_retry_after_ms,
+    Decide, Outcome, PartRow, ReceiptRow, ReceiptTarget, Settled, StatusChange,
+    receipt_retry_after_ms,
 };
 use haven_platform::events::OutboxEvent;
 use haven_platform::store::{StoreError, StoreResult};
@@ -354,9 +355,112 @@ async fn push_usage(ex: &mut impl Exec, records: &[&UsageRecord]) -> StoreResult
     Ok(())
 }
 
+/// Receipts for parts that the same batch submits, folded into the submit: an SMSC that
+/// answers at once sends the receipt a moment after the `submit_sm_resp`, so both usually reach
+/// one settle. The message is then written once, with its parts at their receipt states and
+/// its status as `decide` says (`delivered` for the usual receipt), instead of being written
+/// `submitted` and then read back, locked and written again by the receipt.
+struct Fold {
+    /// Each part's `(state, error_code)`, by part index.
+    parts: Vec<(String, Option<String>)>,
+    /// The status the receipts decide, with its event.
+    change: Option<StatusChange>,
+    /// The receipts folded in, by their index in the batch.
+    receipts: Vec<usize>,
+}
+
+/// Which receipts of the batch belong to parts the batch submits, by message id. Receipts
+/// are taken in the order they came (the batch keeps it), and a final part state is never
+/// replaced by a later one, as in [`fold_receipts`].
+fn plan_folds(
+    outcomes: &[Outcome],
+    receipts: &[ReceiptRow],
+    now: i64,
+    decide: &Decide,
+) -> HashMap<String, Fold> {
+    let mut by_part: HashMap<(&str, &str), (usize, usize)> = HashMap::new();
+    for (oi, o) in outcomes.iter().enumerate() {
+        if let Outcome::Submitted {
+            route,
+            provider_ids,
+            ..
+        } = o
+        {
+            for (pi, pid) in provider_ids.iter().enumerate() {
+                by_part.insert((route.as_str(), pid.as_str()), (oi, pi));
+            }
+        }
+    }
+    let mut folds: HashMap<usize, Fold> = HashMap::new();
+    if by_part.is_empty() {
+        return HashMap::new();
+    }
+    for (ri, r) in receipts.iter().enumerate() {
+        let Some(&(oi, pi)) = by_part.get(&(r.route.as_str(), r.provider_id.as_str())) else {
+            continue;
+        };
+        let Some(Outcome::Submitted { provider_ids, .. }) = outcomes.get(oi) else {
+            continue;
+        };
+        let fold = folds.entry(oi).or_insert_with(|| Fold {
+            parts: vec![("submitted".to_owned(), None); provider_ids.len()],
+            change: None,
+            receipts: Vec::new(),
+        });
+        if let Some(part) = fold.parts.get_mut(pi)
+            && !FINAL_PART_STATES.contains(&part.0.as_str())
+        {
+            *part = (r.state.clone(), r.error_code.clone());
+        }
+        fold.receipts.push(ri);
+    }
+    let mut out = HashMap::with_capacity(folds.len());
+    for (oi, mut fold) in folds {
+        let Some(Outcome::Submitted {
+            message_id,
+            route,
+            provider_ids,
+            usage,
+            ..
+        }) = outcomes.get(oi)
+        else {
+            continue;
+        };
+        let target = ReceiptTarget {
+            message_id: message_id.clone(),
+            account_id: usage.account_id.clone(),
+            channel: usage.channel.clone(),
+            status: "submitted".to_owned(),
+            parts: fold
+                .parts
+                .iter()
+                .zip(provider_ids)
+                .enumerate()
+                .map(|(i, ((state, code), pid))| PartRow {
+                    message_id: message_id.clone(),
+                    part_index: i64::try_from(i).unwrap_or(i64::MAX),
+                    route: route.clone(),
+                    provider_id: pid.clone(),
+                    state: state.clone(),
+                    error_code: code.clone(),
+                })
+                .collect(),
+        };
+        fold.change = decide(&target, now);
+        out.insert(message_id.clone(), fold);
+    }
+    out
+}
+
 /// Outcomes of send attempts: retries, final states, and the sends the carrier took (their
-/// parts, usage records and events).
-async fn write_outcomes(ex: &mut impl Exec, outcomes: &[Outcome]) -> StoreResult<()> {
+/// parts, usage records and events, with the receipts folded into them). Returns the ids of
+/// the messages written as taken by the carrier.
+async fn write_outcomes(
+    ex: &mut impl Exec,
+    outcomes: &[Outcome],
+    folds: &HashMap<String, Fold>,
+    now: i64,
+) -> StoreResult<HashSet<String>> {
     let mut events = Vec::new();
     let mut submitted = Vec::new();
     for o in outcomes {
@@ -414,15 +518,18 @@ async fn write_outcomes(ex: &mut impl Exec, outcomes: &[Outcome]) -> StoreResult
     let mut done = HashSet::new();
     for r in bulk::chunks(submitted.len()) {
         let text = format!(
-            "UPDATE messages SET status = 'submitted', route = v.column2, parts = v.column3, \
-             attempts = attempts + 1, submitted_at_ms = v.column4, updated_at_ms = v.column4, \
+            "UPDATE messages SET status = v.column6, route = v.column2, parts = v.column3, \
+             attempts = attempts + 1, submitted_at_ms = v.column4, \
+             updated_at_ms = COALESCE(v.column8, v.column4), \
              lease_until_ms = 0, due_at_ms = NULL, error_reason = NULL, \
+             error_code = CASE WHEN v.column8 IS NULL THEN messages.error_code ELSE v.column7 END, \
+             final_at_ms = COALESCE(v.column8, messages.final_at_ms), \
              content_ct = COALESCE(v.column5, messages.content_ct) \
              FROM (VALUES {}) AS v WHERE messages.id = v.column1 AND messages.status = 'accepted' \
              RETURNING messages.id",
-            bulk::values(ex.ph(), r.len(), 5, 1, "")
+            bulk::values(ex.ph(), r.len(), 8, 1, "")
         );
-        let mut params = Vec::with_capacity(r.len() * 5);
+        let mut params = Vec::with_capacity(r.len() * 8);
         for o in &submitted[r] {
             if let Outcome::Submitted {
                 message_id,
@@ -433,12 +540,16 @@ async fn write_outcomes(ex: &mut impl Exec, outcomes: &[Outcome]) -> StoreResult
                 ..
             } = o
             {
+                let change = folds.get(message_id).and_then(|f| f.change.as_ref());
                 params.extend([
                     Val::from(message_id),
                     Val::from(route),
                     Val::from(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX)),
                     Val::from(*at_ms),
                     Val::from(content_ct),
+                    Val::from(change.map_or("submitted", |c| c.status.as_str())),
+                    Val::Text(change.and_then(|c| c.error_code.clone())),
+                    Val::Int(change.map(|_| now)),
                 ]);
             }
         }
@@ -460,17 +571,26 @@ async fn write_outcomes(ex: &mut impl Exec, outcomes: &[Outcome]) -> StoreResult
         } = o
             && done.contains(message_id)
         {
+            let fold = folds.get(message_id);
             for (i, pid) in provider_ids.iter().enumerate() {
+                let (state, code) = fold
+                    .and_then(|f| f.parts.get(i))
+                    .map_or(("submitted", None), |(s, c)| (s.as_str(), c.as_deref()));
                 parts.push((
                     message_id,
                     i64::try_from(i).unwrap_or(i64::MAX),
                     route,
                     pid,
-                    *at_ms,
+                    if fold.is_some() { now } else { *at_ms },
+                    state,
+                    code,
                 ));
             }
             usage.push(u.as_ref());
             events.push(event.clone());
+            if let Some(change) = fold.and_then(|f| f.change.as_ref()) {
+                events.push(change.event.clone());
+            }
         }
     }
     // No parts to clear first: parts are written only here, in the transaction that moves the
@@ -478,24 +598,27 @@ async fn write_outcomes(ex: &mut impl Exec, outcomes: &[Outcome]) -> StoreResult
     // overlapping lease) fails the status check above and writes none.
     for r in bulk::chunks(parts.len()) {
         let text = format!(
-            "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, state) \
-             VALUES {}",
-            bulk::values(ex.ph(), r.len(), 5, 1, ", 'submitted'")
+            "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, \
+             state, error_code) VALUES {}",
+            bulk::values(ex.ph(), r.len(), 7, 1, "")
         );
-        let mut params = Vec::with_capacity(r.len() * 5);
-        for (m, i, route, pid, at) in &parts[r] {
+        let mut params = Vec::with_capacity(r.len() * 7);
+        for (m, i, route, pid, at, state, code) in &parts[r] {
             params.extend([
                 Val::from(*m),
                 Val::from(*i),
                 Val::from(*route),
                 Val::from(*pid),
                 Val::from(*at),
+                Val::from(*state),
+                Val::from(*code),
             ]);
         }
         ex.execute(&text, params).await?;
     }
     push_usage(ex, &usage).await?;
-    push_events(ex, &events).await
+    push_events(ex, &events).await?;
+    Ok(done)
 }
 
 /// Deletes stored receipts.
@@ -678,12 +801,32 @@ pub(crate) async fn settle(
     receipts: &[ReceiptRow],
     decide: &Decide,
 ) -> StoreResult<Settled> {
-    write_outcomes(ex, outcomes).await?;
+    let now = haven_platform::clock::now_ms();
+    let folds = plan_folds(outcomes, receipts, now, decide);
+    let done = write_outcomes(ex, outcomes, &folds, now).await?;
     let mut settled = Settled::default();
+    // Receipts folded into a submit that was written are applied; the others (a message that
+    // was no longer `accepted`) go the usual way below.
+    let mut folded = vec![false; receipts.len()];
+    for (mid, fold) in &folds {
+        if done.contains(mid) {
+            settled.applied += fold.receipts.len();
+            settled.events += usize::from(fold.change.is_some());
+            for &i in &fold.receipts {
+                if let Some(f) = folded.get_mut(i) {
+                    *f = true;
+                }
+            }
+        }
+    }
+    let receipts: Vec<&ReceiptRow> = receipts
+        .iter()
+        .zip(&folded)
+        .filter_map(|(r, &f)| (!f).then_some(r))
+        .collect();
     if receipts.is_empty() {
         return Ok(settled);
     }
-    let now = haven_platform::clock::now_ms();
     // Which parts are recorded: one probe of the (route, provider_id) index per receipt,
     // parts written just above included.
     let mut found: HashMap<(String, String), String> = HashMap::new();
@@ -739,10 +882,10 @@ pub(crate) async fn settle(
         }
         ex.execute(&text, params).await?;
     }
-    settled.applied = matched.len();
+    settled.applied += matched.len();
     settled.waiting = waiting.len();
     let (events, changed) = apply_matched(ex, matched, now, decide).await?;
-    settled.events = events;
+    settled.events += events;
     settled.changed = changed;
     Ok(settled)
 }

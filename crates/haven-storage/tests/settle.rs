@@ -1,0 +1,428 @@
+//! Settling sends against the real stores: a receipt that reaches the same settle as its
+//! submit is folded into it (one write of the message), and every other case still goes the
+//! usual way. Runs on SQLite, and on PostgreSQL when `HAVEN_TEST_DATABASE_URL` is set (the
+//! README's test command always sets it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use haven_identity::model::{Account, AccountStatus};
+use haven_messaging::MessageStore;
+use haven_messaging::pipeline::decide;
+use haven_messaging::store::{MessageRow, Outcome, ReceiptRow};
+use haven_platform::config::SqliteSynchronous;
+use haven_platform::events::OutboxEvent;
+use haven_platform::usage::UsageRecord;
+use haven_storage::{Store, StoreOptions};
+use std::sync::Arc;
+
+const ROUTE: &str = "primary";
+
+struct Db {
+    store: Store,
+    url: String,
+    cleanup: Box<dyn FnOnce() + Send>,
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        max_connections: 4,
+        sqlite_synchronous: SqliteSynchronous::Full,
+    }
+}
+
+async fn sqlite() -> Db {
+    let dir = std::env::temp_dir().join(unique("haven-settle"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("haven.db").display());
+    let store = Store::open(&url, &opts()).await.unwrap();
+    Db {
+        store,
+        url,
+        cleanup: Box::new(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        }),
+    }
+}
+
+/// A fresh database on the PostgreSQL of `HAVEN_TEST_DATABASE_URL`, or `None` without one.
+async fn postgres() -> Option<Db> {
+    use sqlx::Connection;
+    let admin = std::env::var("HAVEN_TEST_DATABASE_URL").ok()?;
+    let name = unique("haven_settle");
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+    let root = base.rsplit_once('/').map_or(base, |(r, _)| r);
+    let url = match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    };
+    let store = Store::open(&url, &opts()).await.unwrap();
+    Some(Db {
+        store,
+        url,
+        cleanup: Box::new(move || {
+            // Its own runtime: the test's is ending.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut c)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }),
+    })
+}
+
+/// Rows the tests read back, through a connection of their own.
+enum Reader {
+    Sqlite(sqlx::SqliteConnection),
+    Pg(sqlx::PgConnection),
+}
+
+impl Reader {
+    async fn open(url: &str) -> Self {
+        use sqlx::Connection;
+        if url.starts_with("postgres") {
+            Reader::Pg(sqlx::PgConnection::connect(url).await.unwrap())
+        } else {
+            Reader::Sqlite(sqlx::SqliteConnection::connect(url).await.unwrap())
+        }
+    }
+
+    /// `(part_index, state, error_code)` of each part of a message.
+    async fn parts(&mut self, message_id: &str) -> Vec<(i64, String, Option<String>)> {
+        let q = "SELECT part_index, state, error_code FROM message_parts WHERE message_id = $1 \
+                 ORDER BY part_index";
+        match self {
+            Reader::Sqlite(c) => sqlx::query_as(q).bind(message_id).fetch_all(c).await,
+            Reader::Pg(c) => sqlx::query_as(q).bind(message_id).fetch_all(c).await,
+        }
+        .unwrap()
+    }
+
+    /// The types of the events about a message, sorted (two events of one millisecond have
+    /// ids in no particular order).
+    async fn events(&mut self, message_id: &str) -> Vec<String> {
+        let q = "SELECT event_type FROM webhook_events WHERE payload LIKE $1 ORDER BY id";
+        let like = format!("%\"{message_id}\"%");
+        let rows: Vec<(String,)> = match self {
+            Reader::Sqlite(c) => sqlx::query_as(q).bind(like).fetch_all(c).await,
+            Reader::Pg(c) => sqlx::query_as(q).bind(like).fetch_all(c).await,
+        }
+        .unwrap();
+        let mut kinds: Vec<String> = rows.into_iter().map(|r| r.0).collect();
+        kinds.sort();
+        kinds
+    }
+
+    async fn usage_rows(&mut self, message_id: &str) -> i64 {
+        let q = "SELECT COUNT(*) FROM usage_records WHERE resource_id = $1";
+        let (n,): (i64,) = match self {
+            Reader::Sqlite(c) => sqlx::query_as(q).bind(message_id).fetch_one(c).await,
+            Reader::Pg(c) => sqlx::query_as(q).bind(message_id).fetch_one(c).await,
+        }
+        .unwrap();
+        n
+    }
+}
+
+async fn account(store: &Store) -> String {
+    let id = haven_platform::id::new_id("acc");
+    let now = haven_platform::clock::now_ms();
+    store
+        .identity()
+        .insert_account(
+            &Account {
+                id: id.clone(),
+                parent_id: None,
+                name: "Clinic".into(),
+                status: AccountStatus::Active,
+                created_at_ms: now,
+                updated_at_ms: now,
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// A queued outbound SMS, leased to this node.
+async fn queued(messages: &Arc<dyn MessageStore>, account_id: &str) -> String {
+    let id = haven_platform::id::new_id("msg");
+    let now = haven_platform::clock::now_ms();
+    let row = MessageRow {
+        id: id.clone(),
+        account_id: account_id.to_owned(),
+        direction: "outbound".into(),
+        channel: "sms".into(),
+        status: "accepted".into(),
+        sender_id: None,
+        contact_id: None,
+        to_ct: vec![1],
+        from_ct: vec![2],
+        content_ct: vec![3],
+        client_ref_ct: None,
+        client_ref_bidx: None,
+        peer_bidx: None,
+        workflow_id: None,
+        want_receipt: true,
+        parts: 1,
+        route: None,
+        error_code: None,
+        error_reason: None,
+        attempts: 0,
+        next_attempt_at_ms: now,
+        lease_until_ms: now + 30_000,
+        expires_at_ms: now + 3_600_000,
+        created_by: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+        submitted_at_ms: None,
+        final_at_ms: None,
+    };
+    messages.insert_messages(vec![(row, None)]).await.unwrap();
+    id
+}
+
+fn event(kind: &'static str, account_id: &str, message_id: &str) -> OutboxEvent {
+    OutboxEvent::new(
+        kind,
+        account_id,
+        serde_json::json!({"message_id": message_id, "channel": "sms", "status": "submitted"}),
+    )
+}
+
+/// What the sending loop reports when the carrier took the message as `provider_ids`.
+fn submitted(account_id: &str, message_id: &str, provider_ids: &[&str]) -> Outcome {
+    let at_ms = haven_platform::clock::now_ms();
+    Outcome::Submitted {
+        message_id: message_id.to_owned(),
+        route: ROUTE.to_owned(),
+        provider_ids: provider_ids.iter().map(|p| (*p).to_owned()).collect(),
+        at_ms,
+        event: event("message.submitted", account_id, message_id),
+        content_ct: None,
+        usage: Box::new(UsageRecord {
+            id: haven_platform::id::new_id("usg"),
+            account_id: account_id.to_owned(),
+            product: "messages".into(),
+            channel: "sms".into(),
+            resource_id: message_id.to_owned(),
+            reference_id: None,
+            country: Some("US".into()),
+            units: i64::try_from(provider_ids.len()).unwrap(),
+            unit: "sms_segment".into(),
+            unit_price_micros: None,
+            currency: None,
+            created_at_ms: at_ms,
+        }),
+    }
+}
+
+fn receipt(provider_id: &str, state: &str, error_code: Option<&str>) -> ReceiptRow {
+    let now = haven_platform::clock::now_ms();
+    ReceiptRow {
+        route: ROUTE.to_owned(),
+        provider_id: provider_id.to_owned(),
+        state: state.to_owned(),
+        error_code: error_code.map(str::to_owned),
+        at_ms: now,
+        received_at_ms: now,
+    }
+}
+
+async fn status_of(messages: &Arc<dyn MessageStore>, id: &str) -> MessageRow {
+    messages
+        .get_message(id)
+        .await
+        .unwrap()
+        .expect("the message")
+}
+
+async fn each_store<F, Fut>(test: F)
+where
+    F: Fn(Store, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut dbs = vec![sqlite().await];
+    dbs.extend(postgres().await);
+    for db in dbs {
+        test(db.store.clone(), db.url.clone()).await;
+        (db.cleanup)();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_in_the_settle_of_its_submit_is_folded_into_it() {
+    each_store(|store, url| async move {
+        let messages = store.messages();
+        let mut read = Reader::open(&url).await;
+        let acc = account(&store).await;
+        let id = queued(&messages, &acc).await;
+        let pid = unique("p");
+        let settled = messages
+            .settle(
+                vec![submitted(&acc, &id, &[&pid])],
+                vec![receipt(&pid, "delivered", None)],
+                &decide,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (settled.applied, settled.waiting, settled.events),
+            (1, 0, 1),
+            "the receipt applied, one status change"
+        );
+        let m = status_of(&messages, &id).await;
+        assert_eq!(m.status, "delivered");
+        assert_eq!(m.route.as_deref(), Some(ROUTE));
+        assert!(m.submitted_at_ms.is_some() && m.final_at_ms.is_some());
+        assert_eq!(read.parts(&id).await, vec![(0, "delivered".into(), None)]);
+        assert_eq!(
+            read.events(&id).await,
+            ["message.delivered", "message.submitted"]
+        );
+        assert_eq!(read.usage_rows(&id).await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_receipt_folded_in_fails_the_message_with_its_code() {
+    each_store(|store, url| async move {
+        let messages = store.messages();
+        let mut read = Reader::open(&url).await;
+        let acc = account(&store).await;
+        let id = queued(&messages, &acc).await;
+        let pid = unique("p");
+        // An intermediate state first, then the final one, then a late intermediate one that
+        // must not undo it.
+        messages
+            .settle(
+                vec![submitted(&acc, &id, &[&pid])],
+                vec![
+                    receipt(&pid, "enroute", None),
+                    receipt(&pid, "failed", Some("088")),
+                    receipt(&pid, "enroute", None),
+                ],
+                &decide,
+            )
+            .await
+            .unwrap();
+        let m = status_of(&messages, &id).await;
+        assert_eq!(m.status, "failed");
+        assert_eq!(m.error_code.as_deref(), Some("088"));
+        assert_eq!(
+            read.parts(&id).await,
+            vec![(0, "failed".into(), Some("088".into()))]
+        );
+        assert_eq!(
+            read.events(&id).await,
+            ["message.failed", "message.submitted"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_waits_for_the_receipt_of_every_part() {
+    each_store(|store, url| async move {
+        let messages = store.messages();
+        let mut read = Reader::open(&url).await;
+        let acc = account(&store).await;
+        let id = queued(&messages, &acc).await;
+        let (a, b) = (unique("a"), unique("b"));
+        let settled = messages
+            .settle(
+                vec![submitted(&acc, &id, &[&a, &b])],
+                vec![receipt(&a, "delivered", None)],
+                &decide,
+            )
+            .await
+            .unwrap();
+        assert_eq!((settled.applied, settled.events), (1, 0));
+        assert_eq!(status_of(&messages, &id).await.status, "submitted");
+        assert_eq!(
+            read.parts(&id).await,
+            vec![(0, "delivered".into(), None), (1, "submitted".into(), None)]
+        );
+        // The second part's receipt in a later settle: the usual way.
+        let settled = messages
+            .settle(vec![], vec![receipt(&b, "delivered", None)], &decide)
+            .await
+            .unwrap();
+        assert_eq!((settled.applied, settled.events), (1, 1));
+        assert_eq!(status_of(&messages, &id).await.status, "delivered");
+        assert_eq!(
+            read.events(&id).await,
+            ["message.delivered", "message.submitted"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_send_of_a_settled_message_is_not_folded_and_writes_nothing_twice() {
+    each_store(|store, url| async move {
+        let messages = store.messages();
+        let mut read = Reader::open(&url).await;
+        let acc = account(&store).await;
+        let id = queued(&messages, &acc).await;
+        let pid = unique("p");
+        messages
+            .settle(vec![submitted(&acc, &id, &[&pid])], vec![], &decide)
+            .await
+            .unwrap();
+        // An overlapping second send reports the same message taken again (the carrier gave
+        // it another id), with that id's receipt in the same batch; and the first send's
+        // receipt comes too. Only the first send's part exists.
+        let again = unique("again");
+        let settled = messages
+            .settle(
+                vec![submitted(&acc, &id, &[&again])],
+                vec![
+                    receipt(&again, "delivered", None),
+                    receipt(&pid, "delivered", None),
+                ],
+                &decide,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (settled.applied, settled.waiting, settled.events),
+            (1, 1, 1),
+            "the first part's receipt applied; the unknown id's stored to be tried again"
+        );
+        assert_eq!(status_of(&messages, &id).await.status, "delivered");
+        assert_eq!(read.parts(&id).await, vec![(0, "delivered".into(), None)]);
+        assert_eq!(
+            read.events(&id).await,
+            ["message.delivered", "message.submitted"]
+        );
+        assert_eq!(read.usage_rows(&id).await, 1);
+    })
+    .await;
+}
