@@ -452,6 +452,14 @@ fn plan_folds(
     out
 }
 
+fn outcome_message(o: &Outcome) -> &str {
+    match o {
+        Outcome::Submitted { message_id, .. }
+        | Outcome::Retry { message_id, .. }
+        | Outcome::Final { message_id, .. } => message_id,
+    }
+}
+
 /// Outcomes of send attempts: retries, final states, and the sends the carrier took (their
 /// parts, usage records and events, with the receipts folded into them). Returns the ids of
 /// the messages written as taken by the carrier.
@@ -512,6 +520,9 @@ async fn write_outcomes(
             }
         }
     }
+    // In one order on every lane and node: two settles that both hold sends of one message
+    // (an overlapping lease) lock its row in the same order as the rest.
+    submitted.sort_by(|a, b| outcome_message(a).cmp(outcome_message(b)));
     // Sends the carrier took, set-based: the messages still `accepted` become `submitted`
     // (the others were settled meanwhile and keep their state), and only those get their
     // parts, their usage record and their event.
