@@ -391,10 +391,10 @@ fn plan_folds(
             }
         }
     }
-    let mut folds: HashMap<usize, Fold> = HashMap::new();
     if by_part.is_empty() {
         return HashMap::new();
     }
+    let mut folds: HashMap<usize, Fold> = HashMap::new();
     for (ri, r) in receipts.iter().enumerate() {
         let Some(&(oi, pi)) = by_part.get(&(r.route.as_str(), r.provider_id.as_str())) else {
             continue;
@@ -520,8 +520,8 @@ async fn write_outcomes(
             }
         }
     }
-    // In one order on every lane and node: two settles that both hold sends of one message
-    // (an overlapping lease) lock its row in the same order as the rest.
+    // In one order on every node: two settles that both hold sends of one message (an
+    // overlapping lease) lock its row in the same order as the rest.
     submitted.sort_by(|a, b| outcome_message(a).cmp(outcome_message(b)));
     // Sends the carrier took, set-based: the messages still `accepted` become `submitted`
     // (the others were settled meanwhile and keep their state), and only those get their

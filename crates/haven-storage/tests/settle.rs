@@ -7,7 +7,7 @@
 use haven_identity::model::{Account, AccountStatus};
 use haven_messaging::MessageStore;
 use haven_messaging::pipeline::decide;
-use haven_messaging::store::{MessageRow, Outcome, ReceiptRow};
+use haven_messaging::store::{MessageRow, Outcome, ReceiptRow, Settled};
 use haven_platform::config::SqliteSynchronous;
 use haven_platform::events::OutboxEvent;
 use haven_platform::usage::UsageRecord;
@@ -254,175 +254,177 @@ fn receipt(provider_id: &str, state: &str, error_code: Option<&str>) -> ReceiptR
     }
 }
 
-async fn status_of(messages: &Arc<dyn MessageStore>, id: &str) -> MessageRow {
-    messages
-        .get_message(id)
-        .await
-        .unwrap()
-        .expect("the message")
+/// One queued message on a fresh store, and what a test needs around it.
+struct Case {
+    messages: Arc<dyn MessageStore>,
+    read: Reader,
+    acc: String,
+    id: String,
 }
 
+impl Case {
+    async fn settle(&self, outcomes: Vec<Outcome>, receipts: Vec<ReceiptRow>) -> Settled {
+        self.messages
+            .settle(outcomes, receipts, &decide)
+            .await
+            .unwrap()
+    }
+
+    async fn message(&self) -> MessageRow {
+        self.messages
+            .get_message(&self.id)
+            .await
+            .unwrap()
+            .expect("the message")
+    }
+
+    async fn parts(&mut self) -> Vec<(i64, String, Option<String>)> {
+        self.read.parts(&self.id).await
+    }
+
+    async fn events(&mut self) -> Vec<String> {
+        self.read.events(&self.id).await
+    }
+
+    async fn usage_rows(&mut self) -> i64 {
+        self.read.usage_rows(&self.id).await
+    }
+
+    /// What the sending loop reports when the carrier took this message as `provider_ids`.
+    fn submitted(&self, provider_ids: &[&str]) -> Outcome {
+        submitted(&self.acc, &self.id, provider_ids)
+    }
+}
+
+/// Runs `test` on SQLite, then on PostgreSQL when there is one.
 async fn each_store<F, Fut>(test: F)
 where
-    F: Fn(Store, String) -> Fut,
+    F: Fn(Case) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let mut dbs = vec![sqlite().await];
     dbs.extend(postgres().await);
     for db in dbs {
-        test(db.store.clone(), db.url.clone()).await;
+        let messages = db.store.messages();
+        let acc = account(&db.store).await;
+        let id = queued(&messages, &acc).await;
+        let read = Reader::open(&db.url).await;
+        test(Case {
+            messages,
+            read,
+            acc,
+            id,
+        })
+        .await;
         (db.cleanup)();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_in_the_settle_of_its_submit_is_folded_into_it() {
-    each_store(|store, url| async move {
-        let messages = store.messages();
-        let mut read = Reader::open(&url).await;
-        let acc = account(&store).await;
-        let id = queued(&messages, &acc).await;
+    each_store(|mut c| async move {
         let pid = unique("p");
-        let settled = messages
+        let settled = c
             .settle(
-                vec![submitted(&acc, &id, &[&pid])],
+                vec![c.submitted(&[&pid])],
                 vec![receipt(&pid, "delivered", None)],
-                &decide,
             )
-            .await
-            .unwrap();
+            .await;
         assert_eq!(
             (settled.applied, settled.waiting, settled.events),
             (1, 0, 1),
             "the receipt applied, one status change"
         );
-        let m = status_of(&messages, &id).await;
+        let m = c.message().await;
         assert_eq!(m.status, "delivered");
         assert_eq!(m.route.as_deref(), Some(ROUTE));
         assert!(m.submitted_at_ms.is_some() && m.final_at_ms.is_some());
-        assert_eq!(read.parts(&id).await, vec![(0, "delivered".into(), None)]);
-        assert_eq!(
-            read.events(&id).await,
-            ["message.delivered", "message.submitted"]
-        );
-        assert_eq!(read.usage_rows(&id).await, 1);
+        assert_eq!(c.parts().await, vec![(0, "delivered".into(), None)]);
+        assert_eq!(c.events().await, ["message.delivered", "message.submitted"]);
+        assert_eq!(c.usage_rows().await, 1);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_receipt_folded_in_fails_the_message_with_its_code() {
-    each_store(|store, url| async move {
-        let messages = store.messages();
-        let mut read = Reader::open(&url).await;
-        let acc = account(&store).await;
-        let id = queued(&messages, &acc).await;
+    each_store(|mut c| async move {
         let pid = unique("p");
         // An intermediate state first, then the final one, then a late intermediate one that
         // must not undo it.
-        messages
-            .settle(
-                vec![submitted(&acc, &id, &[&pid])],
-                vec![
-                    receipt(&pid, "enroute", None),
-                    receipt(&pid, "failed", Some("088")),
-                    receipt(&pid, "enroute", None),
-                ],
-                &decide,
-            )
-            .await
-            .unwrap();
-        let m = status_of(&messages, &id).await;
+        c.settle(
+            vec![c.submitted(&[&pid])],
+            vec![
+                receipt(&pid, "enroute", None),
+                receipt(&pid, "failed", Some("088")),
+                receipt(&pid, "enroute", None),
+            ],
+        )
+        .await;
+        let m = c.message().await;
         assert_eq!(m.status, "failed");
         assert_eq!(m.error_code.as_deref(), Some("088"));
         assert_eq!(
-            read.parts(&id).await,
+            c.parts().await,
             vec![(0, "failed".into(), Some("088".into()))]
         );
-        assert_eq!(
-            read.events(&id).await,
-            ["message.failed", "message.submitted"]
-        );
+        assert_eq!(c.events().await, ["message.failed", "message.submitted"]);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_message_waits_for_the_receipt_of_every_part() {
-    each_store(|store, url| async move {
-        let messages = store.messages();
-        let mut read = Reader::open(&url).await;
-        let acc = account(&store).await;
-        let id = queued(&messages, &acc).await;
+    each_store(|mut c| async move {
         let (a, b) = (unique("a"), unique("b"));
-        let settled = messages
+        let settled = c
             .settle(
-                vec![submitted(&acc, &id, &[&a, &b])],
+                vec![c.submitted(&[&a, &b])],
                 vec![receipt(&a, "delivered", None)],
-                &decide,
             )
-            .await
-            .unwrap();
+            .await;
         assert_eq!((settled.applied, settled.events), (1, 0));
-        assert_eq!(status_of(&messages, &id).await.status, "submitted");
+        assert_eq!(c.message().await.status, "submitted");
         assert_eq!(
-            read.parts(&id).await,
+            c.parts().await,
             vec![(0, "delivered".into(), None), (1, "submitted".into(), None)]
         );
         // The second part's receipt in a later settle: the usual way.
-        let settled = messages
-            .settle(vec![], vec![receipt(&b, "delivered", None)], &decide)
-            .await
-            .unwrap();
+        let settled = c.settle(vec![], vec![receipt(&b, "delivered", None)]).await;
         assert_eq!((settled.applied, settled.events), (1, 1));
-        assert_eq!(status_of(&messages, &id).await.status, "delivered");
-        assert_eq!(
-            read.events(&id).await,
-            ["message.delivered", "message.submitted"]
-        );
+        assert_eq!(c.message().await.status, "delivered");
+        assert_eq!(c.events().await, ["message.delivered", "message.submitted"]);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_send_of_a_settled_message_is_not_folded_and_writes_nothing_twice() {
-    each_store(|store, url| async move {
-        let messages = store.messages();
-        let mut read = Reader::open(&url).await;
-        let acc = account(&store).await;
-        let id = queued(&messages, &acc).await;
+    each_store(|mut c| async move {
         let pid = unique("p");
-        messages
-            .settle(vec![submitted(&acc, &id, &[&pid])], vec![], &decide)
-            .await
-            .unwrap();
+        c.settle(vec![c.submitted(&[&pid])], vec![]).await;
         // An overlapping second send reports the same message taken again (the carrier gave
         // it another id), with that id's receipt in the same batch; and the first send's
         // receipt comes too. Only the first send's part exists.
         let again = unique("again");
-        let settled = messages
+        let settled = c
             .settle(
-                vec![submitted(&acc, &id, &[&again])],
+                vec![c.submitted(&[&again])],
                 vec![
                     receipt(&again, "delivered", None),
                     receipt(&pid, "delivered", None),
                 ],
-                &decide,
             )
-            .await
-            .unwrap();
+            .await;
         assert_eq!(
             (settled.applied, settled.waiting, settled.events),
             (1, 1, 1),
             "the first part's receipt applied; the unknown id's stored to be tried again"
         );
-        assert_eq!(status_of(&messages, &id).await.status, "delivered");
-        assert_eq!(read.parts(&id).await, vec![(0, "delivered".into(), None)]);
-        assert_eq!(
-            read.events(&id).await,
-            ["message.delivered", "message.submitted"]
-        );
-        assert_eq!(read.usage_rows(&id).await, 1);
+        assert_eq!(c.message().await.status, "delivered");
+        assert_eq!(c.parts().await, vec![(0, "delivered".into(), None)]);
+        assert_eq!(c.events().await, ["message.delivered", "message.submitted"]);
+        assert_eq!(c.usage_rows().await, 1);
     })
     .await;
 }
