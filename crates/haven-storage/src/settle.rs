@@ -395,24 +395,38 @@ fn plan_folds(
         return HashMap::new();
     }
     let mut folds: HashMap<usize, Fold> = HashMap::new();
+    let mut mine = Vec::new();
     for (ri, r) in receipts.iter().enumerate() {
-        let Some(&(oi, pi)) = by_part.get(&(r.route.as_str(), r.provider_id.as_str())) else {
+        let Some(&(oi, _)) = by_part.get(&(r.route.as_str(), r.provider_id.as_str())) else {
             continue;
         };
         let Some(Outcome::Submitted { provider_ids, .. }) = outcomes.get(oi) else {
             continue;
         };
-        let fold = folds.entry(oi).or_insert_with(|| Fold {
-            parts: vec![("submitted".to_owned(), None); provider_ids.len()],
-            change: None,
-            receipts: Vec::new(),
+        folds
+            .entry(oi)
+            .or_insert_with(|| Fold {
+                parts: vec![("submitted".to_owned(), None); provider_ids.len()],
+                change: None,
+                receipts: Vec::new(),
+            })
+            .receipts
+            .push(ri);
+        mine.push(Receipt {
+            id: i64::try_from(ri).unwrap_or(i64::MAX),
+            route: &r.route,
+            provider_id: &r.provider_id,
+            state: &r.state,
+            error_code: r.error_code.as_deref(),
         });
-        if let Some(part) = fold.parts.get_mut(pi)
-            && !FINAL_PART_STATES.contains(&part.0.as_str())
+    }
+    // Each part's receipts in the order they came, as everywhere else.
+    for (route, pid, state, code) in fold_receipts(mine.into_iter()) {
+        if let Some(&(oi, pi)) = by_part.get(&(route, pid))
+            && let Some(part) = folds.get_mut(&oi).and_then(|f| f.parts.get_mut(pi))
         {
-            *part = (r.state.clone(), r.error_code.clone());
+            *part = (state.to_owned(), code.map(str::to_owned));
         }
-        fold.receipts.push(ri);
     }
     let mut out = HashMap::with_capacity(folds.len());
     for (oi, mut fold) in folds {
