@@ -462,6 +462,15 @@ impl SqliteStore {
 pub struct PgStore {
     pool: PgPool,
     point: Arc<pgpoint::PointReaders>,
+    gathered: Arc<Gathered>,
+}
+
+/// The point reads every send makes, each kind gathered across concurrent sends.
+struct Gathered {
+    consents: Arc<pgpoint::Gather<messages::ConsentKey, Vec<haven_messaging::store::ConsentRow>>>,
+    contacts_by_phone: Arc<pgpoint::Gather<vault::ContactKey, Vec<haven_contacts::ContactRow>>>,
+    contacts_by_email: Arc<pgpoint::Gather<vault::ContactKey, Vec<haven_contacts::ContactRow>>>,
+    subject_keys: Arc<pgpoint::Gather<String, Option<haven_vault::SubjectKeyRecord>>>,
 }
 
 impl PgStore {
@@ -480,7 +489,25 @@ impl PgStore {
             options,
             point_readers(opts.max_connections),
         ));
-        Ok(Self { pool, point })
+        let gathered = Arc::new(Gathered {
+            consents: messages::gather_consents(Arc::clone(&point)),
+            contacts_by_phone: vault::gather_contacts(
+                "contacts_by_phone",
+                sql::CONTACTS_BY_PHONE_GATHERED,
+                Arc::clone(&point),
+            ),
+            contacts_by_email: vault::gather_contacts(
+                "contacts_by_email",
+                sql::CONTACTS_BY_EMAIL_GATHERED,
+                Arc::clone(&point),
+            ),
+            subject_keys: vault::gather_subject_keys(Arc::clone(&point)),
+        });
+        Ok(Self {
+            pool,
+            point,
+            gathered,
+        })
     }
     /// A connection for reads.
     async fn rc(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {

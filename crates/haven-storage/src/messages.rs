@@ -1,5 +1,6 @@
 //! The messaging storage, for both backends. Message rows are the delivery queue.
 
+use crate::pgpoint::{self, Gather, PointReaders};
 use crate::settle::{self, SqlxTx};
 use crate::{PgStore, SqliteStore, backend, bulk, direct, sql};
 use haven_messaging::store::{
@@ -10,6 +11,7 @@ use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
 use haven_platform::store::StoreResult;
 use sqlx::Row;
+use std::sync::Arc;
 
 macro_rules! impl_message_store {
     ($store:ty, $db:ty, $row:ty, $claim:expr, $due_receipts:expr, $lock:expr, $background_max:expr) => {
@@ -678,32 +680,78 @@ impl SqliteStore {
 }
 
 impl PgStore {
+    /// A recipient's consent records, read with the other sends' in one statement.
     async fn read_consents(
         &self,
         account_id: &str,
         channel: &str,
         address_bidx: &[u8],
     ) -> StoreResult<Vec<ConsentRow>> {
-        let rows = crate::pgpoint::point_read!(self.point, |c| {
-            sqlx::query(sql::CONSENTS_FOR)
-                .bind(account_id)
-                .bind(channel)
-                .bind(address_bidx)
-                .fetch_all(c)
-        })?;
-        rows.iter()
-            .map(|r| {
-                Ok(ConsentRow {
-                    account_id: r.try_get("account_id").map_err(backend)?,
-                    channel: r.try_get("channel").map_err(backend)?,
-                    address_bidx: r.try_get("address_bidx").map_err(backend)?,
-                    purpose: r.try_get("purpose").map_err(backend)?,
-                    status: r.try_get("status").map_err(backend)?,
-                    method: r.try_get("method").map_err(backend)?,
-                    source: r.try_get("source").map_err(backend)?,
-                    updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
-                })
-            })
-            .collect()
+        self.gathered
+            .consents
+            .get((
+                account_id.to_owned(),
+                channel.to_owned(),
+                address_bidx.to_vec(),
+            ))
+            .await
     }
+}
+
+/// A recipient: account, channel, address blind index.
+pub(crate) type ConsentKey = (String, String, Vec<u8>);
+
+/// Consent records for many recipients in one statement, each recipient's in purpose order
+/// (as `CONSENTS_FOR` gives them).
+pub(crate) fn gather_consents(
+    point: Arc<PointReaders>,
+) -> Arc<Gather<ConsentKey, Vec<ConsentRow>>> {
+    Gather::new(
+        "consents",
+        Box::new(move |keys: Vec<ConsentKey>| {
+            let point = Arc::clone(&point);
+            Box::pin(async move {
+                let (unique, slot) = pgpoint::unique_keys(&keys);
+                let mut accounts = Vec::with_capacity(unique.len());
+                let mut channels = Vec::with_capacity(unique.len());
+                let mut bidxs = Vec::with_capacity(unique.len());
+                for (a, c, b) in unique.iter().cloned() {
+                    accounts.push(a);
+                    channels.push(c);
+                    bidxs.push(b);
+                }
+                let rows = pgpoint::point_read!(*point, |c| {
+                    sqlx::query(sql::CONSENTS_GATHERED)
+                        .bind(&accounts)
+                        .bind(&channels)
+                        .bind(&bidxs)
+                        .fetch_all(c)
+                })?;
+                let mut found: Vec<Vec<ConsentRow>> = vec![Vec::new(); unique.len()];
+                for r in &rows {
+                    let i: i64 = r.try_get("i").map_err(backend)?;
+                    let row = ConsentRow {
+                        account_id: r.try_get("account_id").map_err(backend)?,
+                        channel: r.try_get("channel").map_err(backend)?,
+                        address_bidx: r.try_get("address_bidx").map_err(backend)?,
+                        purpose: r.try_get("purpose").map_err(backend)?,
+                        status: r.try_get("status").map_err(backend)?,
+                        method: r.try_get("method").map_err(backend)?,
+                        source: r.try_get("source").map_err(backend)?,
+                        updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
+                    };
+                    usize::try_from(i - 1)
+                        .ok()
+                        .and_then(|i| found.get_mut(i))
+                        .ok_or_else(|| {
+                            haven_platform::store::StoreError::Backend(
+                                "gathered consents: row for no key".into(),
+                            )
+                        })?
+                        .push(row);
+                }
+                Ok(slot.into_iter().map(|i| found[i].clone()).collect())
+            })
+        }),
+    )
 }

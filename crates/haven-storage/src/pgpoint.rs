@@ -144,3 +144,251 @@ macro_rules! point_read {
     }};
 }
 pub(crate) use point_read;
+
+/// One caller's key and where its answer goes.
+type Waiter<K, V> = (K, tokio::sync::oneshot::Sender<StoreResult<V>>);
+
+/// Reads every waiting key in one statement; answers in the keys' order, one per key.
+pub(crate) type GatherFn<K, V> = Box<
+    dyn Fn(Vec<K>) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<Vec<V>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Keys one gathered statement takes at most.
+pub(crate) const GATHER_MAX: usize = 256;
+
+/// Point reads of one kind from concurrent callers, gathered into one statement: the read
+/// counterpart of a group commit. A statement's fixed cost in PostgreSQL (its transaction,
+/// snapshot, portal and round trip) is many times what finding one row by an index costs, and
+/// every send makes the same few point reads, so under load most of what they cost is that
+/// fixed part. Here a caller queues its key; when no statement of this kind is running, a task
+/// starts one for every key queued so far, answers each caller, and goes on while keys are
+/// waiting. An idle server reads at once; a busy one reads many keys per statement.
+///
+/// A caller's read starts after it queued its key, so it sees every write committed before it
+/// asked, as a read of its own would.
+pub(crate) struct Gather<K, V> {
+    kind: &'static str,
+    read: GatherFn<K, V>,
+    queue: Mutex<Vec<Waiter<K, V>>>,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl<K: Send + 'static, V: Send + 'static> Gather<K, V> {
+    /// `kind` labels the metrics.
+    pub(crate) fn new(kind: &'static str, read: GatherFn<K, V>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            kind,
+            read,
+            queue: Mutex::new(Vec::new()),
+            running: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Reads `key` in the next gathered statement.
+    pub(crate) async fn get(self: &std::sync::Arc<Self>, key: K) -> StoreResult<V> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .map_err(|_| StoreError::Backend("gathered reads poisoned".into()))?
+            .push((key, tx));
+        self.start();
+        rx.await
+            .map_err(|_| StoreError::Backend("a gathered read was abandoned".into()))?
+    }
+
+    /// Starts a task to drain the queue unless one is running.
+    fn start(self: &std::sync::Arc<Self>) -> bool {
+        use std::sync::atomic::Ordering;
+        if self
+            .running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        let me = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            let guard = Running(&me);
+            me.drain().await;
+            drop(guard);
+        });
+        true
+    }
+
+    fn take(&self) -> Vec<Waiter<K, V>> {
+        match self.queue.lock() {
+            Ok(mut q) => {
+                let n = q.len().min(GATHER_MAX);
+                q.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn queued(&self) -> bool {
+        self.queue.lock().map(|q| !q.is_empty()).unwrap_or(false)
+    }
+
+    async fn drain(self: &std::sync::Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let batch = self.take();
+            if batch.is_empty() {
+                self.running.store(false, Ordering::Release);
+                // A caller that queued between the take and the store saw this task running
+                // and left its key to it: go on if nobody else has started meanwhile.
+                if self.queued()
+                    && self
+                        .running
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    continue;
+                }
+                return;
+            }
+            metrics::histogram!("haven_pg_gathered_read_keys", "kind" => self.kind)
+                .record(batch.len() as f64);
+            let (keys, waiters): (Vec<K>, Vec<_>) = batch.into_iter().unzip();
+            let n = keys.len();
+            match (self.read)(keys).await {
+                Ok(values) if values.len() == n => {
+                    for (tx, v) in waiters.into_iter().zip(values) {
+                        let _ = tx.send(Ok(v));
+                    }
+                }
+                Ok(values) => {
+                    let e = format!("a gathered read gave {} answers for {n} keys", values.len());
+                    for tx in waiters {
+                        let _ = tx.send(Err(StoreError::Backend(e.clone())));
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    for tx in waiters {
+                        let _ = tx.send(Err(StoreError::Backend(e.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Marks the drain as stopped however its task ends (a panic in a read included), so that the
+/// next caller starts another instead of waiting for nobody.
+struct Running<'a, K: Send + 'static, V: Send + 'static>(&'a std::sync::Arc<Gather<K, V>>);
+
+impl<K: Send + 'static, V: Send + 'static> Drop for Running<'_, K, V> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if std::thread::panicking() {
+            // The panicking read's callers were answered by their dropped senders; callers
+            // queued since then get a new drain.
+            self.0.running.store(false, Ordering::Release);
+            if self.0.queued() {
+                self.0.start();
+            }
+        }
+    }
+}
+
+/// Unique keys of a batch, and for each caller the index of its key among them: callers
+/// asking the same thing at once (one recipient of many sends) share one row of the statement.
+pub(crate) fn unique_keys<K: Clone + Eq + std::hash::Hash>(keys: &[K]) -> (Vec<K>, Vec<usize>) {
+    let mut seen: std::collections::HashMap<&K, usize> = std::collections::HashMap::new();
+    let mut unique = Vec::new();
+    let mut slot = Vec::with_capacity(keys.len());
+    for k in keys {
+        let i = *seen.entry(k).or_insert_with(|| {
+            unique.push(k.clone());
+            unique.len() - 1
+        });
+        slot.push(i);
+    }
+    (unique, slot)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A gather whose statement doubles each key after a short wait, noting each batch's size;
+    /// key 13 fails its batch, key 99 panics in it.
+    fn doubling(batches: Arc<Mutex<Vec<usize>>>) -> Arc<Gather<u64, u64>> {
+        Gather::new(
+            "test",
+            Box::new(move |keys: Vec<u64>| {
+                let batches = Arc::clone(&batches);
+                Box::pin(async move {
+                    batches.lock().unwrap().push(keys.len());
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    if keys.contains(&99) {
+                        panic!("a read that panics");
+                    }
+                    if keys.contains(&13) {
+                        return Err(StoreError::Backend("no thirteen".into()));
+                    }
+                    Ok(keys.iter().map(|k| k * 2).collect())
+                })
+            }),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_caller_gets_its_own_answer_and_waiting_keys_share_a_statement() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let g = doubling(Arc::clone(&batches));
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0..2000u64 {
+            let g = Arc::clone(&g);
+            tasks.spawn(async move { (k, g.get(1000 + k % 500).await.unwrap()) });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (k, v) = done.unwrap();
+            assert_eq!(v, (1000 + k % 500) * 2);
+        }
+        let batches = batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().sum::<usize>(), 2000, "each key read once");
+        assert!(batches.iter().all(|&n| n <= GATHER_MAX));
+        assert!(
+            batches.len() < 200,
+            "keys were gathered: {} statements",
+            batches.len()
+        );
+        // Idle again: a lone key is read at once, in a statement of its own.
+        assert_eq!(g.get(7).await.unwrap(), 14);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_or_panicking_statement_fails_its_callers_and_the_next_ones_are_read() {
+        let g = doubling(Arc::new(Mutex::new(Vec::new())));
+        let failed = Arc::new(AtomicUsize::new(0));
+        for bad in [13u64, 99] {
+            let mut tasks = tokio::task::JoinSet::new();
+            for k in [bad, 1, 2, 3] {
+                let (g, failed) = (Arc::clone(&g), Arc::clone(&failed));
+                tasks.spawn(async move {
+                    match g.get(k).await {
+                        Ok(v) => assert_eq!(v, k * 2),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+            // Whatever shared the bad key's statement failed with it; the rest were read.
+            assert!(failed.load(Ordering::Relaxed) >= 1);
+            // And the gather still works.
+            assert_eq!(g.get(21).await.unwrap(), 42);
+            failed.store(0, Ordering::Relaxed);
+        }
+    }
+}

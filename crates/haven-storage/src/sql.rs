@@ -133,6 +133,12 @@ pub const INSERT_SUBJECT_KEY: &str = "INSERT INTO subject_keys (subject_id, acco
      VALUES ($1, $2, $3, $4, $5, $6)";
 pub const GET_SUBJECT_KEY: &str = "SELECT subject_id, account_id, key_id, data_key_id, wrapped, created_at_ms FROM subject_keys \
      WHERE subject_id = $1";
+/// PostgreSQL: [`GET_SUBJECT_KEY`] for many subjects (`$1` the array of their ids); each row
+/// with `i`, its subject's place (from 1).
+pub const SUBJECT_KEYS_GATHERED: &str = "SELECT k.i, s.subject_id, s.account_id, s.key_id, \
+     s.data_key_id, s.wrapped, s.created_at_ms \
+     FROM UNNEST($1::text[]) WITH ORDINALITY AS k (subject_id, i) \
+     JOIN subject_keys s ON s.subject_id = k.subject_id";
 pub const DELETE_SUBJECT_KEY: &str = "DELETE FROM subject_keys WHERE subject_id = $1";
 pub const WRAPPED_SYSTEM: &str = "SELECT name, sealed FROM system_secrets ORDER BY name";
 pub const WRAPPED_SIGNING: &str = "SELECT kid, sealed_private_key FROM signing_keys ORDER BY kid";
@@ -169,6 +175,22 @@ pub const LIST_CONTACTS_BY_PHONE: &str = "SELECT id, account_id, reference_bidx,
 pub const LIST_CONTACTS_BY_EMAIL: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
      name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
      WHERE account_id = $1 AND id > $2 AND email_bidx = $3 ORDER BY id LIMIT ($4 + 0)";
+/// PostgreSQL: [`LIST_CONTACTS_BY_PHONE`] with no cursor and a page of one, for many keys
+/// (`$1`, `$2` the arrays of their accounts and phone indexes); each row with `i`, its key's
+/// place (from 1).
+pub const CONTACTS_BY_PHONE_GATHERED: &str = "SELECT k.i, c.* \
+     FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS k (account_id, bidx, i) \
+     CROSS JOIN LATERAL (SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
+     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
+     WHERE contacts.account_id = k.account_id AND phone_bidx = k.bidx ORDER BY id LIMIT 2) c \
+     ORDER BY k.i, c.id";
+/// The same by email index.
+pub const CONTACTS_BY_EMAIL_GATHERED: &str = "SELECT k.i, c.* \
+     FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS k (account_id, bidx, i) \
+     CROSS JOIN LATERAL (SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
+     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
+     WHERE contacts.account_id = k.account_id AND email_bidx = k.bidx ORDER BY id LIMIT 2) c \
+     ORDER BY k.i, c.id";
 pub const UPDATE_CONTACT: &str = "UPDATE contacts SET reference_bidx = $1, phone_bidx = $2, email_bidx = $3, reference_ct = $4, \
      name_ct = $5, phone_ct = $6, email_ct = $7, attributes_ct = $8, updated_at_ms = $9 WHERE id = $10 AND erased_at_ms IS NULL";
 pub const ERASE_CONTACT: &str = "UPDATE contacts SET reference_bidx = NULL, phone_bidx = NULL, email_bidx = NULL, \
@@ -287,6 +309,14 @@ pub const UPSERT_CONSENT: &str = "INSERT INTO consents (account_id, channel, add
      status = excluded.status, method = excluded.method, source = excluded.source, updated_at_ms = excluded.updated_at_ms";
 pub const CONSENTS_FOR: &str = "SELECT account_id, channel, address_bidx, purpose, status, method, source, updated_at_ms \
      FROM consents WHERE account_id = $1 AND channel = $2 AND address_bidx = $3 ORDER BY purpose";
+
+/// PostgreSQL: [`CONSENTS_FOR`] for many recipients (`$1`, `$2`, `$3` the arrays of their
+/// accounts, channels and address indexes), each row with `i`, its recipient's place (from 1).
+pub const CONSENTS_GATHERED: &str = "SELECT k.i, c.account_id, c.channel, c.address_bidx, c.purpose, \
+     c.status, c.method, c.source, c.updated_at_ms \
+     FROM UNNEST($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS k (account_id, channel, address_bidx, i) \
+     JOIN consents c ON c.account_id = k.account_id AND c.channel = k.channel \
+     AND c.address_bidx = k.address_bidx ORDER BY k.i, c.purpose";
 
 pub const HAS_EXCHANGED: &str =
     "SELECT 1 FROM messages WHERE account_id = $1 AND channel = $2 AND peer_bidx = $3 LIMIT 1";
@@ -554,6 +584,7 @@ pub const ALL: &[&str] = &[
     DATA_KEYS_DUE,
     INSERT_SUBJECT_KEY,
     GET_SUBJECT_KEY,
+    SUBJECT_KEYS_GATHERED,
     DELETE_SUBJECT_KEY,
     REWRAP_SYSTEM,
     REWRAP_SIGNING,
@@ -564,6 +595,8 @@ pub const ALL: &[&str] = &[
     LIST_CONTACTS_BY_REFERENCE,
     LIST_CONTACTS_BY_PHONE,
     LIST_CONTACTS_BY_EMAIL,
+    CONTACTS_BY_PHONE_GATHERED,
+    CONTACTS_BY_EMAIL_GATHERED,
     UPDATE_CONTACT,
     ERASE_CONTACT,
     INSERT_ENDPOINT,
@@ -601,6 +634,7 @@ pub const ALL: &[&str] = &[
     RECEIPT_DUE,
     UPSERT_CONSENT,
     CONSENTS_FOR,
+    CONSENTS_GATHERED,
     HAS_EXCHANGED,
     INBOUND_FROM,
     INSERT_TEMPLATE,
@@ -744,6 +778,8 @@ mod tests {
             super::LIST_CONTACTS_BY_REFERENCE,
             super::LIST_CONTACTS_BY_PHONE,
             super::LIST_CONTACTS_BY_EMAIL,
+            super::CONTACTS_BY_PHONE_GATHERED,
+            super::CONTACTS_BY_EMAIL_GATHERED,
         ] {
             assert!(sql.contains(super::CONTACT_COLS_));
         }

@@ -1,5 +1,6 @@
 //! The vault's and the contacts' storage, for both backends.
 
+use crate::pgpoint::{self, Gather, PointReaders};
 use crate::{PgStore, SqliteStore, backend, sql};
 use haven_contacts::{ContactRow, ContactStore, IndexFilter};
 use haven_platform::page::PageRequest;
@@ -8,6 +9,7 @@ use haven_vault::{
     AccountKeyRecord, KeyPurpose, SubjectKeyRecord, VaultStore, WrappedItem, WrappedKind,
 };
 use sqlx::Row;
+use std::sync::Arc;
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("stored {what} is not readable"))
@@ -423,23 +425,10 @@ impl SqliteStore {
 }
 
 impl PgStore {
+    /// The key of a contact every send to them opens, read with the other sends' in one
+    /// statement.
     async fn read_subject_key(&self, subject_id: &str) -> StoreResult<Option<SubjectKeyRecord>> {
-        let row = crate::pgpoint::point_read!(self.point, |c| {
-            sqlx::query(sql::GET_SUBJECT_KEY)
-                .bind(subject_id)
-                .fetch_optional(c)
-        })?;
-        row.map(|r| {
-            Ok(SubjectKeyRecord {
-                subject_id: r.try_get("subject_id").map_err(backend)?,
-                account_id: r.try_get("account_id").map_err(backend)?,
-                key_id: r.try_get("key_id").map_err(backend)?,
-                data_key_id: r.try_get("data_key_id").map_err(backend)?,
-                wrapped: r.try_get("wrapped").map_err(backend)?,
-                created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
-            })
-        })
-        .transpose()
+        self.gathered.subject_keys.get(subject_id.to_owned()).await
     }
 
     /// A lookup by one blind index (every send does one) goes to the point readers; pages of
@@ -450,6 +439,18 @@ impl PgStore {
         filter: &IndexFilter,
         page: &PageRequest,
     ) -> StoreResult<Vec<ContactRow>> {
+        // What every send asks (the first contact with this phone number or address) is
+        // read with the other sends' in one statement.
+        if page.size == 1 && page.after.is_none() {
+            let gather = match (&filter.reference, &filter.phone, &filter.email) {
+                (None, Some(b), None) => Some((&self.gathered.contacts_by_phone, b)),
+                (None, None, Some(b)) => Some((&self.gathered.contacts_by_email, b)),
+                _ => None,
+            };
+            if let Some((gather, bidx)) = gather {
+                return gather.get((account_id.to_owned(), bidx.clone())).await;
+            }
+        }
         if let Some((text, index)) = point_lookup(filter, page) {
             let after = page.after.as_deref().unwrap_or("");
             let limit = page.fetch_limit();
@@ -467,3 +468,84 @@ impl PgStore {
     }
 }
 impl_vault_store!(PgStore, sqlx::postgres::PgRow);
+
+fn subject_key_row(r: &sqlx::postgres::PgRow) -> StoreResult<SubjectKeyRecord> {
+    Ok(SubjectKeyRecord {
+        subject_id: r.try_get("subject_id").map_err(backend)?,
+        account_id: r.try_get("account_id").map_err(backend)?,
+        key_id: r.try_get("key_id").map_err(backend)?,
+        data_key_id: r.try_get("data_key_id").map_err(backend)?,
+        wrapped: r.try_get("wrapped").map_err(backend)?,
+        created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+    })
+}
+
+/// Subject keys for many subjects in one statement (`None` for one that has none: erased).
+pub(crate) fn gather_subject_keys(
+    point: Arc<PointReaders>,
+) -> Arc<Gather<String, Option<SubjectKeyRecord>>> {
+    Gather::new(
+        "subject_keys",
+        Box::new(move |keys: Vec<String>| {
+            let point = Arc::clone(&point);
+            Box::pin(async move {
+                let (unique, slot) = pgpoint::unique_keys(&keys);
+                let rows = pgpoint::point_read!(*point, |c| {
+                    sqlx::query(sql::SUBJECT_KEYS_GATHERED)
+                        .bind(&unique)
+                        .fetch_all(c)
+                })?;
+                let mut found: Vec<Option<SubjectKeyRecord>> = vec![None; unique.len()];
+                for r in &rows {
+                    let i: i64 = r.try_get("i").map_err(backend)?;
+                    let slot = usize::try_from(i - 1)
+                        .ok()
+                        .and_then(|i| found.get_mut(i))
+                        .ok_or_else(|| {
+                            StoreError::Backend("gathered subject keys: row for no key".into())
+                        })?;
+                    *slot = Some(subject_key_row(r)?);
+                }
+                Ok(slot.into_iter().map(|i| found[i].clone()).collect())
+            })
+        }),
+    )
+}
+
+/// An account and a contact blind index (of a phone number or an email address).
+pub(crate) type ContactKey = (String, Vec<u8>);
+
+/// For many (account, index) keys in one statement: the first two contacts of each by id, as
+/// `LIST_CONTACTS_BY_PHONE` or `_BY_EMAIL` with a page of one and no cursor give them. `text`
+/// is `CONTACTS_BY_PHONE_GATHERED` or `CONTACTS_BY_EMAIL_GATHERED`.
+pub(crate) fn gather_contacts(
+    kind: &'static str,
+    text: &'static str,
+    point: Arc<PointReaders>,
+) -> Arc<Gather<ContactKey, Vec<ContactRow>>> {
+    Gather::new(
+        kind,
+        Box::new(move |keys: Vec<ContactKey>| {
+            let point = Arc::clone(&point);
+            Box::pin(async move {
+                let (unique, slot) = pgpoint::unique_keys(&keys);
+                let (accounts, bidxs): (Vec<String>, Vec<Vec<u8>>) = unique.into_iter().unzip();
+                let rows = pgpoint::point_read!(*point, |c| {
+                    sqlx::query(text).bind(&accounts).bind(&bidxs).fetch_all(c)
+                })?;
+                let mut found: Vec<Vec<ContactRow>> = vec![Vec::new(); accounts.len()];
+                for r in &rows {
+                    let i: i64 = r.try_get("i").map_err(backend)?;
+                    usize::try_from(i - 1)
+                        .ok()
+                        .and_then(|i| found.get_mut(i))
+                        .ok_or_else(|| {
+                            StoreError::Backend("gathered contacts: row for no key".into())
+                        })?
+                        .push(PgStore::contact_row(r)?);
+                }
+                Ok(slot.into_iter().map(|i| found[i].clone()).collect())
+            })
+        }),
+    )
+}
