@@ -147,6 +147,8 @@ pub struct Webhooks {
     settings: WebhookSettings,
     sender: deliver::Sender,
     wake: Notify,
+    /// Attempts finished on this node: each frees a place, so the loop leases again.
+    finished: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -178,6 +180,7 @@ impl Webhooks {
             audit,
             settings,
             wake: Notify::new(),
+            finished: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -741,18 +744,40 @@ impl Webhooks {
     /// The delivery loop of this node: fans out new events, leases due deliveries and attempts
     /// them, at most `concurrency` at once. Runs until the task is dropped; a delivery cut off
     /// by a crash is attempted again when its lease runs out.
+    ///
+    /// Every batch of events anywhere in Haven wakes the loop, mostly events that no endpoint
+    /// listens to (written already fanned out). Leasing is a write, so the loop leases only
+    /// when there can be something new to lease: its fan-out just made deliveries, an attempt
+    /// finished (a place is free), the last lease was full, or [`LEASE_EVERY`] has passed
+    /// (deliveries due again after a failure, or fanned out by another node).
     pub async fn run(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut last_lease: Option<std::time::Instant> = None;
+        let mut last_full = false;
+        let mut finished_seen = self.finished.load(Ordering::Acquire);
         loop {
-            if let Err(e) = self.fan_out().await {
-                tracing::warn!(error = %e, "webhook fan-out failed");
-            }
+            let fanned = match self.fan_out().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook fan-out failed");
+                    0
+                }
+            };
             let free = permits.available_permits();
+            let finished = self.finished.load(Ordering::Acquire);
+            let lease_now = fanned > 0
+                || last_full
+                || finished != finished_seen
+                || last_lease.is_none_or(|t| t.elapsed() >= LEASE_EVERY);
             let mut claimed = 0;
-            if free > 0 {
+            if free > 0 && lease_now {
+                last_lease = Some(std::time::Instant::now());
+                finished_seen = finished;
                 let now = now_ms();
                 let lease_until =
                     now + i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX / 4);
+                metrics::counter!("haven_webhook_leases_total").increment(1);
                 match self
                     .store
                     .claim_due(now, lease_until, i64::try_from(free).unwrap_or(1))
@@ -760,6 +785,7 @@ impl Webhooks {
                 {
                     Ok(due) => {
                         claimed = due.len();
+                        last_full = claimed == free;
                         for d in due {
                             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                                 return;
@@ -771,20 +797,26 @@ impl Webhooks {
                                     tracing::warn!(delivery_id = %id, error = %e, "webhook attempt failed to run");
                                 }
                                 drop(permit);
+                                me.finished.fetch_add(1, Ordering::AcqRel);
                                 me.wake.notify_one();
                             });
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
+                    Err(e) => {
+                        last_full = false;
+                        tracing::warn!(error = %e, "claiming webhook deliveries failed");
+                    }
                 }
             }
             if claimed == 0 {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(500), self.wake.notified()).await;
+                let _ = tokio::time::timeout(LEASE_EVERY, self.wake.notified()).await;
             }
         }
     }
 }
+
+/// How often the delivery loop leases at least, when nothing on this node says there is more.
+pub const LEASE_EVERY: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ both_backends!(
     every_event_arrives_after_a_kill_9,
     a_name_resolving_inward_is_refused_at_delivery,
     an_endpoint_gets_what_happens_after_it,
+    events_nobody_listens_to_do_not_make_the_loop_lease,
 );
 
 pub(crate) struct Receiver {
@@ -533,4 +534,36 @@ async fn an_endpoint_gets_what_happens_after_it(backend: Backend) {
         .await;
     assert_eq!(accepted(&log).len(), 2, "{log:?}");
     assert!(log.iter().all(|l| l["verified"] == true));
+}
+
+/// Every batch of events wakes the delivery loop, but leasing is a write: with no endpoint
+/// listening, the loop leases on its half-second tick, not once per event.
+async fn events_nobody_listens_to_do_not_make_the_loop_lease(backend: Backend) {
+    let s = Server::start(backend).await;
+    let leases = || crate::messages::metric(&s, "haven_webhook_leases_total");
+    let before = leases().await;
+    let started = Instant::now();
+    // Each recorded consent writes a `consent.changed` event and wakes the loop.
+    for i in 0..40 {
+        let (st, body) = send(s.admin(Method::POST, "/v1/consents").json(&json!({
+            "channel": "sms", "address": format!("+1415555{i:04}"), "purpose": "marketing",
+            "status": "opted_in", "method": "web_form" })))
+        .await;
+        assert_eq!(st, 200, "{body}");
+    }
+    let ticks = started.elapsed().as_secs_f64() / 0.5;
+    let made = leases().await - before;
+    assert!(
+        made <= ticks + 3.0,
+        "40 events made the loop lease {made} times in {ticks:.1} ticks"
+    );
+    // The events themselves are all in the log.
+    let (_, events) = send(s.admin(Method::GET, "/v1/webhooks/events?page_size=200")).await;
+    let recorded = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "consent.changed")
+        .count();
+    assert_eq!(recorded, 40, "{events}");
 }
