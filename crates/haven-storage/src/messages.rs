@@ -740,17 +740,9 @@ pub(crate) fn gather_consents(
                         source: r.try_get("source").map_err(backend)?,
                         updated_at_ms: r.try_get("updated_at_ms").map_err(backend)?,
                     };
-                    usize::try_from(i - 1)
-                        .ok()
-                        .and_then(|i| found.get_mut(i))
-                        .ok_or_else(|| {
-                            haven_platform::store::StoreError::Backend(
-                                "gathered consents: row for no key".into(),
-                            )
-                        })?
-                        .push(row);
+                    pgpoint::place(&mut found, i, "consents")?.push(row);
                 }
-                Ok(slot.into_iter().map(|i| found[i].clone()).collect())
+                pgpoint::answers(&found, slot)
             })
         }),
     )

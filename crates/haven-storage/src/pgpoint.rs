@@ -310,6 +310,27 @@ pub(crate) fn unique_keys<K: Clone + Eq + std::hash::Hash>(keys: &[K]) -> (Vec<K
     (unique, slot)
 }
 
+/// The answer slot of a gathered statement's row: `i` is the place (from 1) that `WITH
+/// ORDINALITY` gave its key among the statement's keys.
+pub(crate) fn place<'a, T>(found: &'a mut [T], i: i64, kind: &str) -> StoreResult<&'a mut T> {
+    usize::try_from(i - 1)
+        .ok()
+        .and_then(|i| found.get_mut(i))
+        .ok_or_else(|| StoreError::Backend(format!("gathered {kind}: a row for no key")))
+}
+
+/// Every caller's answer: the answer found for its key (see [`unique_keys`]).
+pub(crate) fn answers<T: Clone>(found: &[T], slot: Vec<usize>) -> StoreResult<Vec<T>> {
+    slot.into_iter()
+        .map(|i| {
+            found
+                .get(i)
+                .cloned()
+                .ok_or_else(|| StoreError::Backend("a gathered read lost a key".into()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]

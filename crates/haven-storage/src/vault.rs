@@ -498,15 +498,9 @@ pub(crate) fn gather_subject_keys(
                 let mut found: Vec<Option<SubjectKeyRecord>> = vec![None; unique.len()];
                 for r in &rows {
                     let i: i64 = r.try_get("i").map_err(backend)?;
-                    let slot = usize::try_from(i - 1)
-                        .ok()
-                        .and_then(|i| found.get_mut(i))
-                        .ok_or_else(|| {
-                            StoreError::Backend("gathered subject keys: row for no key".into())
-                        })?;
-                    *slot = Some(subject_key_row(r)?);
+                    *pgpoint::place(&mut found, i, "subject keys")? = Some(subject_key_row(r)?);
                 }
-                Ok(slot.into_iter().map(|i| found[i].clone()).collect())
+                pgpoint::answers(&found, slot)
             })
         }),
     )
@@ -536,15 +530,9 @@ pub(crate) fn gather_contacts(
                 let mut found: Vec<Vec<ContactRow>> = vec![Vec::new(); accounts.len()];
                 for r in &rows {
                     let i: i64 = r.try_get("i").map_err(backend)?;
-                    usize::try_from(i - 1)
-                        .ok()
-                        .and_then(|i| found.get_mut(i))
-                        .ok_or_else(|| {
-                            StoreError::Backend("gathered contacts: row for no key".into())
-                        })?
-                        .push(PgStore::contact_row(r)?);
+                    pgpoint::place(&mut found, i, "contacts")?.push(PgStore::contact_row(r)?);
                 }
-                Ok(slot.into_iter().map(|i| found[i].clone()).collect())
+                pgpoint::answers(&found, slot)
             })
         }),
     )
