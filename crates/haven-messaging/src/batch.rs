@@ -4,11 +4,64 @@
 //! to `max` and the sync cost is shared.
 
 use haven_platform::store::{StoreError, StoreResult};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Which queued items belong in one batch (see [`Batcher::spawn_joined`]): items that share a
+/// key.
+pub trait Join<T> {
+    type Key: std::hash::Hash + Eq;
+    /// The keys of `item`, added to `keys`.
+    fn keys(&self, item: &T, keys: &mut Vec<Self::Key>);
+}
+
+/// Nothing joins.
+pub struct NoJoin;
+
+impl<T> Join<T> for NoJoin {
+    type Key = ();
+    fn keys(&self, _: &T, _: &mut Vec<()>) {}
+}
+
+/// Moves up to `max` items of `queued` that share a key with an item of `batch` to the
+/// batch's end, in their queued order; the others keep theirs.
+fn pull_joined<T, J: Join<T>>(
+    join: &J,
+    batch: &mut Vec<(T, Waiter)>,
+    queued: &mut VecDeque<(T, Waiter)>,
+    max: usize,
+) {
+    if queued.is_empty() {
+        return;
+    }
+    let mut keys = Vec::new();
+    for (item, _) in batch.iter() {
+        join.keys(item, &mut keys);
+    }
+    if keys.is_empty() {
+        return;
+    }
+    let led: HashSet<J::Key> = keys.drain(..).collect();
+    let mut pulled = 0;
+    let mut rest = VecDeque::with_capacity(queued.len());
+    for (item, waiter) in queued.drain(..) {
+        let joins = pulled < max && {
+            join.keys(&item, &mut keys);
+            keys.drain(..).any(|k| led.contains(&k))
+        };
+        if joins {
+            batch.push((item, waiter));
+            pulled += 1;
+        } else {
+            rest.push_back((item, waiter));
+        }
+    }
+    *queued = rest;
+}
 
 pub struct Batcher<T> {
     tx: mpsc::Sender<(T, Waiter)>,
@@ -54,14 +107,53 @@ impl<T: Send + 'static> Batcher<T> {
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = StoreResult<()>> + Send,
     {
+        Self::spawn_joined(name, max, pace, NoJoin, write)
+    }
+
+    /// As [`Self::spawn_paced`], and a batch also takes the items queued behind it that share
+    /// a key with one of its own (at most `max` more, see [`Join`]), ahead of their turn: for
+    /// writes that are cheaper together, such as a delivery receipt with its submit's outcome.
+    /// Every other item keeps its place in the queue.
+    pub fn spawn_joined<F, Fut, J>(
+        name: &'static str,
+        max: usize,
+        pace: std::time::Duration,
+        join: J,
+        write: F,
+    ) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = StoreResult<()>> + Send,
+        J: Join<T> + Send + 'static,
+    {
         let max = max.max(1);
-        let (tx, mut rx) = mpsc::channel::<(T, Waiter)>(max * 4);
+        // What is queued: in the channel, and taken from it but not yet written. The two
+        // together hold at most twice the channel's bound.
+        let bound = max * 4;
+        let (tx, mut rx) = mpsc::channel::<(T, Waiter)>(bound);
         let write = Arc::new(write);
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(max);
-            while rx.recv_many(&mut buf, max).await > 0 {
-                let (items, waiters): (Vec<T>, Vec<Waiter>) = buf.drain(..).unzip();
-                let full = items.len() >= max;
+            let mut queued: VecDeque<(T, Waiter)> = VecDeque::with_capacity(bound);
+            let mut buf = Vec::with_capacity(bound);
+            loop {
+                if queued.is_empty() {
+                    if rx.recv_many(&mut buf, bound).await == 0 {
+                        break;
+                    }
+                } else {
+                    while buf.len() + queued.len() < bound {
+                        match rx.try_recv() {
+                            Ok(item) => buf.push(item),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                queued.extend(buf.drain(..));
+                let take = queued.len().min(max);
+                let full = take >= max;
+                let mut batch: Vec<(T, Waiter)> = queued.drain(..take).collect();
+                pull_joined(&join, &mut batch, &mut queued, max);
+                let (items, waiters): (Vec<T>, Vec<Waiter>) = batch.into_iter().unzip();
                 metrics::histogram!("haven_group_commit_batch_size", "batch" => name)
                     .record(items.len() as f64);
                 let started = std::time::Instant::now();
@@ -129,5 +221,87 @@ mod tests {
             Err(StoreError::Backend("disk full".into()))
         });
         assert!(b.submit(1).await.is_err());
+    }
+
+    /// 2k and 2k + 1 share a key; 100 has none.
+    struct Pairs;
+
+    impl Join<u32> for Pairs {
+        type Key = u32;
+        fn keys(&self, item: &u32, keys: &mut Vec<u32>) {
+            if *item != 100 {
+                keys.push(item / 2);
+            }
+        }
+    }
+
+    fn queue(items: &[u32]) -> VecDeque<(u32, Waiter)> {
+        items.iter().map(|&i| (i, oneshot::channel().0)).collect()
+    }
+
+    #[test]
+    fn items_sharing_a_key_join_the_batch_and_the_rest_keep_their_order() {
+        let mut batch: Vec<(u32, Waiter)> = queue(&[10, 21, 30]).into_iter().collect();
+        let mut queued = queue(&[40, 11, 33, 31, 50, 31, 20, 41, 11]);
+        pull_joined(&Pairs, &mut batch, &mut queued, 8);
+        let batch: Vec<u32> = batch.into_iter().map(|(i, _)| i).collect();
+        let queued: Vec<u32> = queued.into_iter().map(|(i, _)| i).collect();
+        // 11, 31 (twice) and 20 share a key with 10, 30 and 21, and join in queued order;
+        // 33 and 41 share none.
+        assert_eq!(batch, vec![10, 21, 30, 11, 31, 31, 20, 11]);
+        assert_eq!(queued, vec![40, 33, 50, 41]);
+    }
+
+    #[test]
+    fn at_most_max_items_join() {
+        let mut batch: Vec<(u32, Waiter)> = queue(&[10]).into_iter().collect();
+        let mut queued = queue(&[11, 11, 11, 12]);
+        pull_joined(&Pairs, &mut batch, &mut queued, 2);
+        assert_eq!(batch.len(), 3);
+        let queued: Vec<u32> = queued.into_iter().map(|(i, _)| i).collect();
+        assert_eq!(queued, vec![11, 12]);
+    }
+
+    #[tokio::test]
+    async fn items_queued_behind_a_full_batch_are_written_with_those_sharing_their_key() {
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let seen = batches.clone();
+        let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+        let b = Batcher::spawn_joined(
+            "test",
+            4,
+            std::time::Duration::ZERO,
+            Pairs,
+            move |items: Vec<u32>| {
+                let seen = seen.clone();
+                let mut gate = gate_rx.clone();
+                async move {
+                    // The first batch waits until everything is queued behind it.
+                    let _ = gate.wait_for(|open| *open).await;
+                    seen.lock().unwrap().push(items);
+                    Ok(())
+                }
+            },
+        );
+        let mut tasks = Vec::new();
+        for i in [100u32, 2, 4, 9, 6, 10, 12, 14, 3, 8] {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move { b.submit(i).await }));
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        gate_tx.send(true).unwrap();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let batches = batches.lock().unwrap();
+        // [100] alone (it holds the writer until the rest are queued), then [2, 4, 9, 6] with
+        // 3 and 8 pulled forward past 10, 12 and 14: 3 shares 2's key, 8 shares 9's (queued
+        // before it). Without the join, 3 and 8 wait their turn in the next batches.
+        let with = |n: u32| batches.iter().position(|b| b.contains(&n)).unwrap();
+        assert_eq!(with(3), with(2));
+        assert_eq!(with(9), with(8));
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 10);
+        assert!(batches.iter().all(|b| b.len() <= 8));
     }
 }

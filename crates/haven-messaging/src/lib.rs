@@ -174,6 +174,29 @@ pub(crate) enum Settle {
     Receipt(ReceiptRow),
 }
 
+/// A receipt is settled with its own submit's outcome, from wherever either is in the queue:
+/// the store then writes the message once, already delivered, instead of writing it
+/// submitted and changing it again in a later batch (see [`MessageStore::settle`]). The
+/// receipt usually comes a moment after the outcome; under load the task recording the outcome
+/// can also be scheduled after the receipt is queued, and then the outcome is pulled forward
+/// instead. The key is the part's carrier id on its route.
+struct ReceiptWithSubmit;
+
+impl batch::Join<Settle> for ReceiptWithSubmit {
+    type Key = (String, String);
+    fn keys(&self, item: &Settle, keys: &mut Vec<(String, String)>) {
+        match item {
+            Settle::Outcome(store::Outcome::Submitted {
+                route,
+                provider_ids,
+                ..
+            }) => keys.extend(provider_ids.iter().map(|p| (route.clone(), p.clone()))),
+            Settle::Outcome(_) => {}
+            Settle::Receipt(r) => keys.push((r.route.clone(), r.provider_id.clone())),
+        }
+    }
+}
+
 pub struct Messaging {
     pub(crate) store: Arc<dyn MessageStore>,
     pub(crate) vault: Arc<Vault>,
@@ -285,10 +308,11 @@ impl Messaging {
             let settle_writer = {
                 let s = store.clone();
                 let me = me.clone();
-                Batcher::spawn_paced(
+                Batcher::spawn_joined(
                     "settle",
                     background_max,
                     pipeline::BACKGROUND_PACE,
+                    ReceiptWithSubmit,
                     move |items: Vec<Settle>| {
                         let s = s.clone();
                         let me = me.clone();
@@ -410,6 +434,10 @@ impl Messaging {
                 metrics::counter!("haven_receipts_total", "result" => result)
                     .increment(u64::try_from(n).unwrap_or(u64::MAX));
             }
+        }
+        if settled.folded > 0 {
+            metrics::counter!("haven_receipts_folded_total")
+                .increment(u64::try_from(settled.folded).unwrap_or(u64::MAX));
         }
         if settled.events > 0 {
             self.events_written();

@@ -130,6 +130,8 @@ pub enum Outcome {
 pub struct Settled {
     /// Receipts matched to their part and applied (a duplicate of a final state included).
     pub applied: usize,
+    /// Of those, receipts settled with their submit's outcome: the message written once.
+    pub folded: usize,
     /// Receipts whose part is not recorded (yet): stored, to be tried again later.
     pub waiting: usize,
     /// Stored receipts tried again that still found no part (tried later again).

@@ -836,6 +836,7 @@ pub(crate) async fn settle(
     for (mid, fold) in &folds {
         if done.contains(mid) {
             settled.applied += fold.receipts.len();
+            settled.folded += fold.receipts.len();
             settled.events += usize::from(fold.change.is_some());
             for &i in &fold.receipts {
                 if let Some(f) = folded.get_mut(i) {
