@@ -6,7 +6,7 @@
 use haven_platform::store::{StoreError, StoreResult};
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
@@ -61,6 +61,54 @@ fn pull_joined<T, J: Join<T>>(
         }
     }
     *queued = rest;
+}
+
+/// What a [`Batcher::spawn_topped`] writer can still add to its batch.
+pub struct TopUp<T> {
+    shared: Arc<Mutex<TopUpState<T>>>,
+    batch: u64,
+}
+
+struct TopUpState<T> {
+    /// The queue; `None` while the batcher waits on it.
+    rx: Option<mpsc::Receiver<(T, Waiter)>>,
+    /// The waiters of the batch being written, top-ups included.
+    waiters: Vec<Waiter>,
+    /// How many more items the batch may take.
+    room: usize,
+    /// Which batch is being written: a top-up of another one takes nothing.
+    batch: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<T> TopUp<T> {
+    /// The items queued since the batch was taken, as many as it has room for. Each is
+    /// answered with the batch's result.
+    pub fn take(&self) -> Vec<T> {
+        let mut st = lock(&self.shared);
+        let st = &mut *st;
+        let mut items = Vec::new();
+        if st.batch != self.batch {
+            return items;
+        }
+        let Some(rx) = st.rx.as_mut() else {
+            return items;
+        };
+        while st.room > 0 {
+            match rx.try_recv() {
+                Ok((item, waiter)) => {
+                    items.push(item);
+                    st.waiters.push(waiter);
+                    st.room -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        items
+    }
 }
 
 pub struct Batcher<T> {
@@ -165,6 +213,67 @@ impl<T: Send + 'static> Batcher<T> {
                 }
                 if !pace.is_zero() && !full {
                     tokio::time::sleep_until((started + pace).into()).await;
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// As [`Self::spawn`], and `write` may add to its batch what was queued since it was
+    /// taken ([`TopUp::take`], up to `max` items in all): a writer that first waits for a
+    /// shared resource (SQLite's one write connection) takes, once it has it, the items that
+    /// came in meanwhile, instead of leaving them to wait for the resource once more in the
+    /// next batch. Batches grow with the wait, and nothing waits longer than it did.
+    pub fn spawn_topped<F, Fut>(name: &'static str, max: usize, write: F) -> Self
+    where
+        F: Fn(Vec<T>, TopUp<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = StoreResult<()>> + Send,
+    {
+        let max = max.max(1);
+        let (tx, rx) = mpsc::channel::<(T, Waiter)>(max * 4);
+        let shared = Arc::new(Mutex::new(TopUpState {
+            rx: Some(rx),
+            waiters: Vec::new(),
+            room: 0,
+            batch: 0,
+        }));
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(max);
+            loop {
+                let Some(mut rx) = lock(&shared).rx.take() else {
+                    break;
+                };
+                let n = rx.recv_many(&mut buf, max).await;
+                let (items, waiters): (Vec<T>, Vec<Waiter>) = buf.drain(..).unzip();
+                let batch = {
+                    let mut st = lock(&shared);
+                    st.rx = Some(rx);
+                    st.waiters = waiters;
+                    st.room = max.saturating_sub(items.len());
+                    st.batch = st.batch.wrapping_add(1);
+                    st.batch
+                };
+                if n == 0 {
+                    break;
+                }
+                let top_up = TopUp {
+                    shared: Arc::clone(&shared),
+                    batch,
+                };
+                let started = std::time::Instant::now();
+                let result = write(items, top_up).await.map_err(|e| e.to_string());
+                metrics::histogram!("haven_group_commit_seconds", "batch" => name)
+                    .record(started.elapsed().as_secs_f64());
+                let waiters = {
+                    let mut st = lock(&shared);
+                    // A top-up kept past its batch takes nothing more.
+                    st.batch = st.batch.wrapping_add(1);
+                    std::mem::take(&mut st.waiters)
+                };
+                metrics::histogram!("haven_group_commit_batch_size", "batch" => name)
+                    .record(waiters.len() as f64);
+                for w in waiters {
+                    let _ = w.send(result.clone());
                 }
             }
         });
@@ -303,5 +412,51 @@ mod tests {
         assert_eq!(with(9), with(8));
         assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 10);
         assert!(batches.iter().all(|b| b.len() <= 8));
+    }
+
+    #[tokio::test]
+    async fn a_topped_up_batch_takes_what_came_while_it_waited_and_answers_it() {
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let kept = Arc::new(Mutex::new(None::<TopUp<u32>>));
+        let (seen, keep) = (batches.clone(), kept.clone());
+        let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+        let b = Batcher::spawn_topped("test", 4, move |mut items: Vec<u32>, more: TopUp<u32>| {
+            let (seen, keep) = (seen.clone(), keep.clone());
+            let mut gate = gate_rx.clone();
+            async move {
+                // Waits for "the writer", then takes what was queued meanwhile.
+                let _ = gate.wait_for(|open| *open).await;
+                items.extend(more.take());
+                seen.lock().unwrap().push(items);
+                *keep.lock().unwrap() = Some(more);
+                Ok(())
+            }
+        });
+        let mut tasks = Vec::new();
+        for i in 0..7u32 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move { b.submit(i).await }));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        gate_tx.send(true).unwrap();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let got = batches.lock().unwrap().clone();
+        // 0 was taken alone and 1, 2 and 3 came while it waited: topped up to the bound of
+        // 4. Then the rest, every waiter answered.
+        assert_eq!(got, vec![vec![0, 1, 2, 3], vec![4, 5, 6]]);
+        // A top-up kept past its batch takes nothing, even with items queued.
+        let stale = kept.lock().unwrap().take().unwrap();
+        let mut late = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(9).await }
+        });
+        assert!(stale.take().is_empty());
+        tokio::time::timeout(std::time::Duration::from_secs(5), &mut late)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

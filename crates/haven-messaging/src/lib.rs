@@ -295,12 +295,12 @@ impl Messaging {
     ) -> Arc<Self> {
         let max = settings.batch_max;
         let s = store.clone();
-        let writer = Batcher::spawn(
+        let writer = Batcher::spawn_topped(
             "messages",
             max,
-            move |rows: Vec<(MessageRow, Option<OutboxEvent>)>| {
+            move |rows: Vec<(MessageRow, Option<OutboxEvent>)>, more| {
                 let s = s.clone();
-                async move { s.insert_messages(rows).await }
+                async move { s.insert_messages(rows, &move || more.take()).await }
             },
         );
         let background_max = background_limit(store.as_ref(), max);

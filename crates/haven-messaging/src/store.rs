@@ -291,9 +291,12 @@ pub trait MessageStore: Send + Sync {
 
     /// Stores messages (and the events they cause) in one transaction: the group commit.
     /// Owned, so that a store may hand the batch to another thread without copying it.
+    /// `more` gives the rows queued since the batch was taken: a store that waits for a write
+    /// connection adds them once it has one.
     async fn insert_messages(
         &self,
         rows: Vec<(MessageRow, Option<OutboxEvent>)>,
+        more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
     ) -> StoreResult<()>;
     async fn get_message(&self, id: &str) -> StoreResult<Option<MessageRow>>;
     async fn list_messages(

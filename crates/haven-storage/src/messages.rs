@@ -327,8 +327,9 @@ macro_rules! impl_message_store {
             async fn insert_messages(
                 &self,
                 rows: Vec<(MessageRow, Option<OutboxEvent>)>,
+                more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
             ) -> StoreResult<()> {
-                self.insert_message_rows(rows).await
+                self.insert_message_rows(rows, more).await
             }
 
             async fn get_message(&self, id: &str) -> StoreResult<Option<MessageRow>> {
@@ -512,9 +513,11 @@ impl PgStore {
 
     async fn insert_message_rows(
         &self,
-        rows: Vec<(MessageRow, Option<OutboxEvent>)>,
+        mut rows: Vec<(MessageRow, Option<OutboxEvent>)>,
+        more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
     ) -> StoreResult<()> {
         let mut wc = self.wc_as("messages").await?;
+        rows.extend(more());
         let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
         for r in bulk::chunks(rows.len()) {
             let text = format!(
@@ -590,9 +593,12 @@ impl SqliteStore {
     /// writer thread (see `direct`), with the writer lock held throughout.
     async fn insert_message_rows(
         &self,
-        rows: Vec<(MessageRow, Option<OutboxEvent>)>,
+        mut rows: Vec<(MessageRow, Option<OutboxEvent>)>,
+        more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
     ) -> StoreResult<()> {
         let _held = self.wc_as("messages").await?;
+        // What was accepted while this waited for the writer goes in the same commit.
+        rows.extend(more());
         self.direct
             .transaction(move |tx| {
                 use rusqlite::types::ToSql;

@@ -103,7 +103,10 @@ async fn queued(messages: &Arc<dyn MessageStore>, account_id: &str) -> String {
         submitted_at_ms: None,
         final_at_ms: None,
     };
-    messages.insert_messages(vec![(row, None)]).await.unwrap();
+    messages
+        .insert_messages(vec![(row, None)], &Vec::new)
+        .await
+        .unwrap();
     id
 }
 
