@@ -556,8 +556,7 @@ impl PgStore {
                     .bind(&m.peer_bidx)
                     .bind(&m.workflow_id)
                     .bind(m.lease_until_ms)
-                    // In the sending queue while `accepted` (see migration 0014).
-                    .bind((m.status == "accepted").then_some(m.next_attempt_at_ms));
+                    .bind(queue_due(m));
             }
             q.execute(&mut *tx).await.map_err(backend)?;
         }
@@ -565,6 +564,15 @@ impl PgStore {
         Self::push_events(&mut tx, &events).await?;
         tx.commit().await.map_err(backend)
     }
+}
+
+/// When a message may next be claimed from the sending queue (`due_at_ms`, see migration
+/// 0014): while `accepted`, its next attempt or the end of the lease it was inserted with,
+/// whichever is later; out of the queue otherwise. A message this node leased to itself on
+/// accepting it (handed straight to its sending loop) is not due until that lease runs out, so
+/// the claim's index scan (`due_at_ms <= now`) does not walk the messages in flight.
+fn queue_due(m: &MessageRow) -> Option<i64> {
+    (m.status == "accepted").then_some(m.next_attempt_at_ms.max(m.lease_until_ms))
 }
 
 impl SqliteStore {
@@ -608,10 +616,8 @@ impl SqliteStore {
                         sql::MESSAGE_COLS,
                         bulk::values(Self::PH, r.len(), 29, 1, "")
                     );
-                    let due: Vec<Option<i64>> = rows[r.clone()]
-                        .iter()
-                        .map(|(m, _)| (m.status == "accepted").then_some(m.next_attempt_at_ms))
-                        .collect();
+                    let due: Vec<Option<i64>> =
+                        rows[r.clone()].iter().map(|(m, _)| queue_due(m)).collect();
                     let mut params: Vec<&dyn ToSql> = Vec::with_capacity(r.len() * 29);
                     for ((m, _), due) in rows[r].iter().zip(&due) {
                         params.extend_from_slice(&[

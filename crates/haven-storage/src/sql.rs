@@ -276,13 +276,13 @@ pub const LIST_MESSAGES: &str = concat!(
      AND ($4 IS NULL OR direction = $4) AND ($5 IS NULL OR client_ref_bidx = $5) AND id > $6 ORDER BY id LIMIT ($7 + 0)"
 );
 pub const CLAIM_MESSAGES_SQLITE: &str = concat!(
-    "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE due_at_ms <= $2 \
+    "UPDATE messages SET lease_until_ms = $1, due_at_ms = $1 WHERE id IN (SELECT id FROM messages WHERE due_at_ms <= $2 \
      AND status = 'accepted' AND lease_until_ms <= $2 ORDER BY due_at_ms LIMIT ($3 + 0)) RETURNING ",
     message_cols!()
 );
 /// Several nodes claim at once: each skips rows another holds.
 pub const CLAIM_MESSAGES_PG: &str = concat!(
-    "UPDATE messages SET lease_until_ms = $1 WHERE id IN (SELECT id FROM messages WHERE due_at_ms <= $2 \
+    "UPDATE messages SET lease_until_ms = $1, due_at_ms = $1 WHERE id IN (SELECT id FROM messages WHERE due_at_ms <= $2 \
      AND status = 'accepted' AND lease_until_ms <= $2 ORDER BY due_at_ms LIMIT ($3 + 0) \
      FOR UPDATE SKIP LOCKED) RETURNING ",
     message_cols!()

@@ -58,6 +58,17 @@ impl Reader {
         kinds
     }
 
+    /// When the message may next be claimed from the sending queue (`None`: out of it).
+    async fn due(&mut self, message_id: &str) -> Option<i64> {
+        let q = "SELECT due_at_ms FROM messages WHERE id = $1";
+        let (due,): (Option<i64>,) = match self {
+            Reader::Sqlite(c) => sqlx::query_as(q).bind(message_id).fetch_one(c).await,
+            Reader::Pg(c) => sqlx::query_as(q).bind(message_id).fetch_one(c).await,
+        }
+        .unwrap();
+        due
+    }
+
     async fn usage_rows(&mut self, message_id: &str) -> i64 {
         let q = "SELECT COUNT(*) FROM usage_records WHERE resource_id = $1";
         let (n,): (i64,) = match self {
@@ -328,6 +339,36 @@ async fn a_second_send_of_a_settled_message_is_not_folded_and_writes_nothing_twi
         assert_eq!(c.parts().await, vec![(0, "delivered".into(), None)]);
         assert_eq!(c.events().await, ["message.delivered", "message.submitted"]);
         assert_eq!(c.usage_rows().await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_leased_on_acceptance_is_due_when_its_lease_runs_out() {
+    each_store(|mut c| async move {
+        let m = c.message().await;
+        // `queued` leased it for 30 s from its due time.
+        let lease_until = m.next_attempt_at_ms + 30_000;
+        let claim = |now: i64| {
+            let messages = Arc::clone(&c.messages);
+            async move {
+                let rows = messages.claim_due(now, now + 30_000, 10).await.unwrap();
+                rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
+            }
+        };
+        // Handed to the sending loop with its lease: out of the claim's way until it runs out.
+        assert_eq!(c.read.due(&c.id).await, Some(lease_until));
+        assert!(claim(m.next_attempt_at_ms).await.is_empty());
+        // The node holding it is gone: once the lease has run out another claims it, and the
+        // new lease puts it out of the way again.
+        let later = lease_until + 1;
+        assert_eq!(claim(later).await, vec![c.id.clone()]);
+        assert_eq!(c.read.due(&c.id).await, Some(later + 30_000));
+        assert!(claim(later + 1).await.is_empty());
+        // Sent: out of the queue.
+        let pid = unique("p");
+        c.settle(vec![c.submitted(&[&pid])], vec![]).await;
+        assert_eq!(c.read.due(&c.id).await, None);
     })
     .await;
 }
