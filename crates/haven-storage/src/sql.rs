@@ -175,22 +175,26 @@ pub const LIST_CONTACTS_BY_PHONE: &str = "SELECT id, account_id, reference_bidx,
 pub const LIST_CONTACTS_BY_EMAIL: &str = "SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
      name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
      WHERE account_id = $1 AND id > $2 AND email_bidx = $3 ORDER BY id LIMIT ($4 + 0)";
-/// PostgreSQL: [`LIST_CONTACTS_BY_PHONE`] with no cursor and a page of one, for many keys
-/// (`$1`, `$2` the arrays of their accounts and phone indexes); each row with `i`, its key's
-/// place (from 1).
-pub const CONTACTS_BY_PHONE_GATHERED: &str = "SELECT k.i, c.* \
-     FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS k (account_id, bidx, i) \
-     CROSS JOIN LATERAL (SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
-     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
-     WHERE contacts.account_id = k.account_id AND phone_bidx = k.bidx ORDER BY id LIMIT 2) c \
-     ORDER BY k.i, c.id";
-/// The same by email index.
-pub const CONTACTS_BY_EMAIL_GATHERED: &str = "SELECT k.i, c.* \
-     FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS k (account_id, bidx, i) \
-     CROSS JOIN LATERAL (SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
-     name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
-     WHERE contacts.account_id = k.account_id AND email_bidx = k.bidx ORDER BY id LIMIT 2) c \
-     ORDER BY k.i, c.id";
+/// PostgreSQL: `LIST_CONTACTS_BY_*` with no cursor and a page of one, for many keys (`$1`, `$2`
+/// the arrays of their accounts and blind indexes in `$col`); each row with `i`, its key's place
+/// (from 1).
+macro_rules! contacts_gathered_by {
+    ($col:literal) => {
+        concat!(
+            "SELECT k.i, c.* \
+             FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS k (account_id, bidx, i) \
+             CROSS JOIN LATERAL (SELECT id, account_id, reference_bidx, phone_bidx, email_bidx, reference_ct, \
+             name_ct, phone_ct, email_ct, attributes_ct, created_at_ms, updated_at_ms, erased_at_ms FROM contacts \
+             WHERE contacts.account_id = k.account_id AND ",
+            $col,
+            " = k.bidx ORDER BY id LIMIT 2) c ORDER BY k.i, c.id"
+        )
+    };
+}
+/// By phone index.
+pub const CONTACTS_BY_PHONE_GATHERED: &str = contacts_gathered_by!("phone_bidx");
+/// By email index.
+pub const CONTACTS_BY_EMAIL_GATHERED: &str = contacts_gathered_by!("email_bidx");
 pub const UPDATE_CONTACT: &str = "UPDATE contacts SET reference_bidx = $1, phone_bidx = $2, email_bidx = $3, reference_ct = $4, \
      name_ct = $5, phone_ct = $6, email_ct = $7, attributes_ct = $8, updated_at_ms = $9 WHERE id = $10 AND erased_at_ms IS NULL";
 pub const ERASE_CONTACT: &str = "UPDATE contacts SET reference_bidx = NULL, phone_bidx = NULL, email_bidx = NULL, \
