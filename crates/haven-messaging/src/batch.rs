@@ -129,6 +129,23 @@ impl<T> std::fmt::Debug for Batcher<T> {
     }
 }
 
+/// After a batch was written: its metrics, then each waiter's answer.
+fn answer(
+    name: &'static str,
+    started: std::time::Instant,
+    result: StoreResult<()>,
+    waiters: Vec<Waiter>,
+) {
+    metrics::histogram!("haven_group_commit_seconds", "batch" => name)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("haven_group_commit_batch_size", "batch" => name)
+        .record(waiters.len() as f64);
+    let result = result.map_err(|e| e.to_string());
+    for w in waiters {
+        let _ = w.send(result.clone());
+    }
+}
+
 impl<T: Send + 'static> Batcher<T> {
     /// Starts the writer task. `write` stores one batch in one transaction. `name` labels
     /// the metrics `haven_group_commit_batch_size{batch}` and `haven_group_commit_seconds{batch}`.
@@ -202,15 +219,9 @@ impl<T: Send + 'static> Batcher<T> {
                 let mut batch: Vec<(T, Waiter)> = queued.drain(..take).collect();
                 pull_joined(&join, &mut batch, &mut queued, max);
                 let (items, waiters): (Vec<T>, Vec<Waiter>) = batch.into_iter().unzip();
-                metrics::histogram!("haven_group_commit_batch_size", "batch" => name)
-                    .record(items.len() as f64);
                 let started = std::time::Instant::now();
-                let result = write(items).await.map_err(|e| e.to_string());
-                metrics::histogram!("haven_group_commit_seconds", "batch" => name)
-                    .record(started.elapsed().as_secs_f64());
-                for w in waiters {
-                    let _ = w.send(result.clone());
-                }
+                let result = write(items).await;
+                answer(name, started, result, waiters);
                 if !pace.is_zero() && !full {
                     tokio::time::sleep_until((started + pace).into()).await;
                 }
@@ -261,20 +272,14 @@ impl<T: Send + 'static> Batcher<T> {
                     batch,
                 };
                 let started = std::time::Instant::now();
-                let result = write(items, top_up).await.map_err(|e| e.to_string());
-                metrics::histogram!("haven_group_commit_seconds", "batch" => name)
-                    .record(started.elapsed().as_secs_f64());
+                let result = write(items, top_up).await;
                 let waiters = {
                     let mut st = lock(&shared);
                     // A top-up kept past its batch takes nothing more.
                     st.batch = st.batch.wrapping_add(1);
                     std::mem::take(&mut st.waiters)
                 };
-                metrics::histogram!("haven_group_commit_batch_size", "batch" => name)
-                    .record(waiters.len() as f64);
-                for w in waiters {
-                    let _ = w.send(result.clone());
-                }
+                answer(name, started, result, waiters);
             }
         });
         Self { tx }
