@@ -556,16 +556,19 @@ impl PgStore {
     pub(crate) const PH: bulk::Ph = bulk::Ph::Dollar;
 }
 
-/// Outbox events, `rows` of them: an event that no enabled endpoint listens to is written
-/// already fanned out (see `push_events`).
+/// Outbox events, from a row source `{rows}` (see `settle::rows_statement`): an event that no
+/// enabled endpoint listens to is written already fanned out (see `push_events`).
+pub(crate) const INSERT_EVENTS_ROWS: &str = "INSERT INTO webhook_events (id, account_id, event_type, \
+     payload, created_at_ms, fanned_out) SELECT v.column1, v.column2, v.column3, v.column4, \
+     v.column5, CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.status = 'enabled' \
+     AND e.account_id IN (v.column2, (SELECT a.parent_id FROM accounts a WHERE a.id = v.column2))) \
+     THEN 0 ELSE 1 END FROM {rows}";
+
+/// [`INSERT_EVENTS_ROWS`] for `rows` events in a `VALUES` list.
 pub(crate) fn insert_events_text(ph: bulk::Ph, rows: usize) -> String {
-    format!(
-        "INSERT INTO webhook_events (id, account_id, event_type, payload, created_at_ms, \
-         fanned_out) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, \
-         CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.status = 'enabled' \
-         AND e.account_id IN (v.column2, (SELECT a.parent_id FROM accounts a WHERE a.id = v.column2))) \
-         THEN 0 ELSE 1 END FROM (VALUES {}) AS v",
-        bulk::values(ph, rows, 5, 1, "")
+    INSERT_EVENTS_ROWS.replace(
+        "{rows}",
+        &format!("(VALUES {}) AS v", bulk::values(ph, rows, 5, 1, "")),
     )
 }
 

@@ -518,52 +518,67 @@ impl PgStore {
     ) -> StoreResult<()> {
         let mut wc = self.wc_as("messages").await?;
         rows.extend(more());
-        let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
-        for r in bulk::chunks(rows.len()) {
-            let text = format!(
-                "INSERT INTO messages ({}, lease_until_ms, due_at_ms) VALUES {}",
-                sql::MESSAGE_COLS,
-                bulk::values(Self::PH, r.len(), 29, 1, "")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-            for (m, _) in &rows[r] {
-                q = q
-                    .bind(&m.id)
-                    .bind(&m.account_id)
-                    .bind(&m.direction)
-                    .bind(&m.channel)
-                    .bind(&m.status)
-                    .bind(&m.sender_id)
-                    .bind(&m.contact_id)
-                    .bind(&m.to_ct)
-                    .bind(&m.from_ct)
-                    .bind(&m.content_ct)
-                    .bind(&m.client_ref_ct)
-                    .bind(&m.client_ref_bidx)
-                    .bind(m.want_receipt)
-                    .bind(m.parts)
-                    .bind(&m.route)
-                    .bind(&m.error_code)
-                    .bind(&m.error_reason)
-                    .bind(m.attempts)
-                    .bind(m.next_attempt_at_ms)
-                    .bind(m.expires_at_ms)
-                    .bind(&m.created_by)
-                    .bind(m.created_at_ms)
-                    .bind(m.updated_at_ms)
-                    .bind(m.submitted_at_ms)
-                    .bind(m.final_at_ms)
-                    .bind(&m.peer_bidx)
-                    .bind(&m.workflow_id)
-                    .bind(m.lease_until_ms)
-                    .bind(queue_due(m));
-            }
-            q.execute(&mut *tx).await.map_err(backend)?;
+        if rows.iter().all(|(_, e)| e.is_none()) {
+            // One statement is atomic by itself: a batch without events (acceptance raises
+            // none) is one round trip, not BEGIN, INSERT and COMMIT.
+            return insert_messages_pg(&mut wc, &rows).await;
         }
+        let mut tx = sqlx::Connection::begin(&mut *wc).await.map_err(backend)?;
+        insert_messages_pg(&mut tx, &rows).await?;
         let events: Vec<OutboxEvent> = rows.into_iter().filter_map(|(_, e)| e).collect();
         Self::push_events(&mut tx, &events).await?;
         tx.commit().await.map_err(backend)
     }
+}
+
+/// Inserts `rows` into `messages` in one statement whatever their number: each column bound
+/// as one array and unnested, so that the statement's text (and its prepared plan) is the same
+/// for every batch, where a `VALUES` list would need one text per row count.
+async fn insert_messages_pg(
+    conn: &mut sqlx::PgConnection,
+    rows: &[(MessageRow, Option<OutboxEvent>)],
+) -> StoreResult<()> {
+    fn col<'a, T>(
+        rows: &'a [(MessageRow, Option<OutboxEvent>)],
+        f: impl Fn(&'a MessageRow) -> T,
+    ) -> Vec<T> {
+        rows.iter().map(|(m, _)| f(m)).collect()
+    }
+    sqlx::query(sql::INSERT_MESSAGES_PG)
+        .bind(col(rows, |m| m.id.as_str()))
+        .bind(col(rows, |m| m.account_id.as_str()))
+        .bind(col(rows, |m| m.direction.as_str()))
+        .bind(col(rows, |m| m.channel.as_str()))
+        .bind(col(rows, |m| m.status.as_str()))
+        .bind(col(rows, |m| m.sender_id.as_deref()))
+        .bind(col(rows, |m| m.contact_id.as_deref()))
+        .bind(col(rows, |m| m.to_ct.as_slice()))
+        .bind(col(rows, |m| m.from_ct.as_slice()))
+        .bind(col(rows, |m| m.content_ct.as_slice()))
+        .bind(col(rows, |m| m.client_ref_ct.as_deref()))
+        .bind(col(rows, |m| m.client_ref_bidx.as_deref()))
+        .bind(col(rows, |m| m.want_receipt))
+        .bind(col(rows, |m| m.parts))
+        .bind(col(rows, |m| m.route.as_deref()))
+        .bind(col(rows, |m| m.error_code.as_deref()))
+        .bind(col(rows, |m| m.error_reason.as_deref()))
+        .bind(col(rows, |m| m.attempts))
+        .bind(col(rows, |m| m.next_attempt_at_ms))
+        .bind(col(rows, |m| m.expires_at_ms))
+        .bind(col(rows, |m| m.created_by.as_deref()))
+        .bind(col(rows, |m| m.created_at_ms))
+        .bind(col(rows, |m| m.updated_at_ms))
+        .bind(col(rows, |m| m.submitted_at_ms))
+        .bind(col(rows, |m| m.final_at_ms))
+        .bind(col(rows, |m| m.peer_bidx.as_deref()))
+        .bind(col(rows, |m| m.workflow_id.as_deref()))
+        .bind(col(rows, |m| m.lease_until_ms))
+        // In the sending queue while `accepted` (see migration 0014).
+        .bind(col(rows, queue_due))
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// When a message may next be claimed from the sending queue (`due_at_ms`, see migration

@@ -24,6 +24,15 @@ pub(crate) enum Val {
     Int(Option<i64>),
     Text(Option<String>),
     Blob(Option<Vec<u8>>),
+    /// A column of rows as one array (PostgreSQL only, see [`rows_statement`]).
+    Ints(Vec<Option<i64>>),
+    Texts(Vec<Option<String>>),
+    Blobs(Vec<Option<Vec<u8>>>),
+}
+
+/// Arrays are PostgreSQL's; the other executors refuse them.
+fn no_arrays() -> StoreError {
+    StoreError::Backend("array parameters need PostgreSQL".to_owned())
 }
 
 impl From<i64> for Val {
@@ -105,6 +114,10 @@ pub(crate) trait Exec: Send {
     fn ph(&self) -> Ph;
     /// ` FOR UPDATE` where rows read to be changed must be locked (PostgreSQL), else empty.
     fn lock_clause(&self) -> &'static str;
+    /// Whether parameters may be arrays ([`Val::Ints`] and the like): PostgreSQL.
+    fn arrays(&self) -> bool {
+        false
+    }
     async fn execute(&mut self, sql: &str, params: Vec<Val>) -> StoreResult<u64>;
     async fn fetch(&mut self, sql: &str, params: Vec<Val>) -> StoreResult<Vec<Row>>;
 }
@@ -114,13 +127,28 @@ pub(crate) struct SqlxTx<'t, 'c, DB: sqlx::Database>(pub(crate) &'t mut sqlx::Tr
 
 /// A sqlx query with `params` bound in order, each with its own type.
 macro_rules! bind_all {
-    ($q:expr, $params:expr) => {{
+    ($q:expr, $params:expr, arrays) => {{
         let mut q = $q;
         for p in $params {
             q = match p {
                 Val::Int(v) => q.bind(v),
                 Val::Text(v) => q.bind(v),
                 Val::Blob(v) => q.bind(v),
+                Val::Ints(v) => q.bind(v),
+                Val::Texts(v) => q.bind(v),
+                Val::Blobs(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+    ($q:expr, $params:expr, scalars) => {{
+        let mut q = $q;
+        for p in $params {
+            q = match p {
+                Val::Int(v) => q.bind(v),
+                Val::Text(v) => q.bind(v),
+                Val::Blob(v) => q.bind(v),
+                Val::Ints(_) | Val::Texts(_) | Val::Blobs(_) => return Err(no_arrays()),
             };
         }
         q
@@ -128,7 +156,7 @@ macro_rules! bind_all {
 }
 
 macro_rules! sqlx_exec {
-    ($db:ty, $ph:expr, $lock:expr, $int_types:expr, $blob_types:expr) => {
+    ($db:ty, $ph:expr, $lock:expr, $arrays:tt, $int_types:expr, $blob_types:expr) => {
         #[async_trait::async_trait]
         impl Exec for SqlxTx<'_, '_, $db> {
             fn ph(&self) -> Ph {
@@ -137,8 +165,15 @@ macro_rules! sqlx_exec {
             fn lock_clause(&self) -> &'static str {
                 $lock
             }
+            fn arrays(&self) -> bool {
+                stringify!($arrays) == "arrays"
+            }
             async fn execute(&mut self, text: &str, params: Vec<Val>) -> StoreResult<u64> {
-                let q = bind_all!(sqlx::query(sqlx::AssertSqlSafe(text.to_owned())), params);
+                let q = bind_all!(
+                    sqlx::query(sqlx::AssertSqlSafe(text.to_owned())),
+                    params,
+                    $arrays
+                );
                 Ok(q.execute(&mut **self.0)
                     .await
                     .map_err(backend)?
@@ -146,7 +181,11 @@ macro_rules! sqlx_exec {
             }
             async fn fetch(&mut self, text: &str, params: Vec<Val>) -> StoreResult<Vec<Row>> {
                 use sqlx::{Row as _, TypeInfo as _, ValueRef as _};
-                let q = bind_all!(sqlx::query(sqlx::AssertSqlSafe(text.to_owned())), params);
+                let q = bind_all!(
+                    sqlx::query(sqlx::AssertSqlSafe(text.to_owned())),
+                    params,
+                    $arrays
+                );
                 let rows = q.fetch_all(&mut **self.0).await.map_err(backend)?;
                 rows.iter()
                     .map(|r| {
@@ -174,11 +213,19 @@ macro_rules! sqlx_exec {
     };
 }
 
-sqlx_exec!(sqlx::Sqlite, Ph::Question, "", ["INTEGER"], ["BLOB"]);
+sqlx_exec!(
+    sqlx::Sqlite,
+    Ph::Question,
+    "",
+    scalars,
+    ["INTEGER"],
+    ["BLOB"]
+);
 sqlx_exec!(
     sqlx::Postgres,
     Ph::Dollar,
     " FOR UPDATE",
+    arrays,
     ["INT8", "BIGINT"],
     ["BYTEA"]
 );
@@ -187,13 +234,14 @@ sqlx_exec!(
 /// Its futures never wait: [`run_ready`] drives them.
 pub(crate) struct Direct<'c>(pub(crate) &'c mut rusqlite::Connection);
 
-fn to_sql(params: &[Val]) -> Vec<&dyn rusqlite::types::ToSql> {
+fn to_sql(params: &[Val]) -> StoreResult<Vec<&dyn rusqlite::types::ToSql>> {
     params
         .iter()
         .map(|p| match p {
-            Val::Int(v) => v as &dyn rusqlite::types::ToSql,
-            Val::Text(v) => v,
-            Val::Blob(v) => v,
+            Val::Int(v) => Ok(v as &dyn rusqlite::types::ToSql),
+            Val::Text(v) => Ok(v as &dyn rusqlite::types::ToSql),
+            Val::Blob(v) => Ok(v as &dyn rusqlite::types::ToSql),
+            Val::Ints(_) | Val::Texts(_) | Val::Blobs(_) => Err(no_arrays()),
         })
         .collect()
 }
@@ -212,7 +260,7 @@ impl Exec for Direct<'_> {
             .prepare_cached(text)
             .map_err(crate::direct::backend)?;
         let n = st
-            .execute(to_sql(&params).as_slice())
+            .execute(to_sql(&params)?.as_slice())
             .map_err(crate::direct::backend)?;
         Ok(n as u64)
     }
@@ -224,7 +272,7 @@ impl Exec for Direct<'_> {
             .map_err(crate::direct::backend)?;
         let cols = st.column_count();
         let mut rows = st
-            .query(to_sql(&params).as_slice())
+            .query(to_sql(&params)?.as_slice())
             .map_err(crate::direct::backend)?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(crate::direct::backend)? {
@@ -242,6 +290,97 @@ impl Exec for Direct<'_> {
         }
         Ok(out)
     }
+}
+
+/// A set-based statement over many rows, each `width` values of `params` (row after row).
+/// `text` holds `{rows}` where the rows go, as a relation `v` whose columns are `column1`,
+/// `column2`… On PostgreSQL that is one statement whatever the number of rows, each column
+/// bound as one array and unnested: one round trip, and one text whose prepared plan is kept
+/// (see `pgpoint`'s note on generic plans), where a `VALUES` list needs a text per row count
+/// and a new plan for each. Elsewhere it is `(VALUES …) AS v` in chunks of [`bulk::chunks`].
+/// Returns the rows affected and, with `fetch`, the rows returned, of all the statements.
+pub(crate) async fn rows_statement(
+    ex: &mut impl Exec,
+    text: &str,
+    width: usize,
+    params: Vec<Val>,
+    fetch: bool,
+) -> StoreResult<(u64, Vec<Row>)> {
+    if params.is_empty() || width == 0 {
+        return Ok((0, Vec::new()));
+    }
+    if !params.len().is_multiple_of(width) {
+        return Err(StoreError::Backend(format!(
+            "{} values are not rows of {width}",
+            params.len()
+        )));
+    }
+    let n = params.len() / width;
+    let mut affected = 0;
+    let mut out = Vec::new();
+    if ex.arrays() {
+        let mut cols: Vec<Val> = params[..width]
+            .iter()
+            .map(|v| match v {
+                Val::Int(_) => Val::Ints(Vec::with_capacity(n)),
+                Val::Text(_) => Val::Texts(Vec::with_capacity(n)),
+                _ => Val::Blobs(Vec::with_capacity(n)),
+            })
+            .collect();
+        for (i, v) in params.into_iter().enumerate() {
+            match (&mut cols[i % width], v) {
+                (Val::Ints(c), Val::Int(v)) => c.push(v),
+                (Val::Texts(c), Val::Text(v)) => c.push(v),
+                (Val::Blobs(c), Val::Blob(v)) => c.push(v),
+                _ => {
+                    return Err(StoreError::Backend(format!(
+                        "column {} changes type between rows",
+                        i % width + 1
+                    )));
+                }
+            }
+        }
+        let arrays: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let ty = match c {
+                    Val::Ints(_) => "bigint",
+                    Val::Texts(_) => "text",
+                    _ => "bytea",
+                };
+                format!("{}::{ty}[]", Ph::Dollar.at(i + 1))
+            })
+            .collect();
+        let names: Vec<String> = (1..=width).map(|i| format!("column{i}")).collect();
+        let text = text.replace(
+            "{rows}",
+            &format!("UNNEST({}) AS v ({})", arrays.join(", "), names.join(", ")),
+        );
+        if fetch {
+            out = ex.fetch(&text, cols).await?;
+        } else {
+            affected = ex.execute(&text, cols).await?;
+        }
+        return Ok((affected, out));
+    }
+    let mut params = params.into_iter();
+    for r in bulk::chunks(n) {
+        let chunk: Vec<Val> = params.by_ref().take(r.len() * width).collect();
+        let text = text.replace(
+            "{rows}",
+            &format!(
+                "(VALUES {}) AS v",
+                bulk::values(ex.ph(), r.len(), width, 1, "")
+            ),
+        );
+        if fetch {
+            out.extend(ex.fetch(&text, chunk).await?);
+        } else {
+            affected += ex.execute(&text, chunk).await?;
+        }
+    }
+    Ok((affected, out))
 }
 
 /// Drives a future that never waits (one on [`Direct`]) to its end on this thread.
@@ -312,46 +451,40 @@ const ARRIVING_SEQ: i64 = i64::MAX / 2;
 
 /// Outbox events inside the caller's transaction (see `insert_events_text`).
 pub(crate) async fn push_events(ex: &mut impl Exec, events: &[OutboxEvent]) -> StoreResult<()> {
-    for r in bulk::chunks(events.len()) {
-        let mut params = Vec::with_capacity(r.len() * 5);
-        for e in &events[r.clone()] {
-            params.extend([
-                Val::from(&e.id),
-                Val::from(&e.account_id),
-                Val::from(e.event_type),
-                Val::from(&e.payload),
-                Val::from(e.created_at_ms),
-            ]);
-        }
-        ex.execute(&crate::insert_events_text(ex.ph(), r.len()), params)
-            .await?;
+    let mut params = Vec::with_capacity(events.len() * 5);
+    for e in events {
+        params.extend([
+            Val::from(&e.id),
+            Val::from(&e.account_id),
+            Val::from(e.event_type),
+            Val::from(&e.payload),
+            Val::from(e.created_at_ms),
+        ]);
     }
+    rows_statement(ex, crate::INSERT_EVENTS_ROWS, 5, params, false).await?;
     Ok(())
 }
 
 /// Usage records inside the caller's transaction; a second one for a resource is ignored.
 async fn push_usage(ex: &mut impl Exec, records: &[&UsageRecord]) -> StoreResult<()> {
-    for r in bulk::chunks(records.len()) {
-        let mut params = Vec::with_capacity(r.len() * 12);
-        for u in &records[r.clone()] {
-            params.extend([
-                Val::from(&u.id),
-                Val::from(&u.account_id),
-                Val::from(&u.product),
-                Val::from(&u.channel),
-                Val::from(&u.resource_id),
-                Val::from(&u.reference_id),
-                Val::from(&u.country),
-                Val::from(u.units),
-                Val::from(&u.unit),
-                Val::Int(u.unit_price_micros),
-                Val::from(&u.currency),
-                Val::from(u.created_at_ms),
-            ]);
-        }
-        ex.execute(&crate::usage::insert_usage_text(ex.ph(), r.len()), params)
-            .await?;
+    let mut params = Vec::with_capacity(records.len() * 12);
+    for u in records {
+        params.extend([
+            Val::from(&u.id),
+            Val::from(&u.account_id),
+            Val::from(&u.product),
+            Val::from(&u.channel),
+            Val::from(&u.resource_id),
+            Val::from(&u.reference_id),
+            Val::from(&u.country),
+            Val::from(u.units),
+            Val::from(&u.unit),
+            Val::Int(u.unit_price_micros),
+            Val::from(&u.currency),
+            Val::from(u.created_at_ms),
+        ]);
     }
+    rows_statement(ex, crate::usage::INSERT_USAGE_ROWS, 12, params, false).await?;
     Ok(())
 }
 
@@ -541,46 +674,48 @@ async fn write_outcomes(
     // (the others were settled meanwhile and keep their state), and only those get their
     // parts, their usage record and their event.
     let mut done = HashSet::new();
-    for r in bulk::chunks(submitted.len()) {
-        let text = format!(
-            "UPDATE messages SET status = v.column6, route = v.column2, parts = v.column3, \
-             attempts = attempts + 1, submitted_at_ms = v.column4, \
-             updated_at_ms = COALESCE(v.column8, v.column4), \
-             lease_until_ms = 0, due_at_ms = NULL, error_reason = NULL, \
-             error_code = CASE WHEN v.column8 IS NULL THEN messages.error_code ELSE v.column7 END, \
-             final_at_ms = COALESCE(v.column8, messages.final_at_ms), \
-             content_ct = COALESCE(v.column5, messages.content_ct) \
-             FROM (VALUES {}) AS v WHERE messages.id = v.column1 AND messages.status = 'accepted' \
-             RETURNING messages.id",
-            bulk::values(ex.ph(), r.len(), 8, 1, "")
-        );
-        let mut params = Vec::with_capacity(r.len() * 8);
-        for o in &submitted[r] {
-            if let Outcome::Submitted {
-                message_id,
-                route,
-                provider_ids,
-                at_ms,
-                content_ct,
-                ..
-            } = o
-            {
-                let change = folds.get(message_id).and_then(|f| f.change.as_ref());
-                params.extend([
-                    Val::from(message_id),
-                    Val::from(route),
-                    Val::from(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX)),
-                    Val::from(*at_ms),
-                    Val::from(content_ct),
-                    Val::from(change.map_or("submitted", |c| c.status.as_str())),
-                    Val::Text(change.and_then(|c| c.error_code.clone())),
-                    Val::Int(change.map(|_| now)),
-                ]);
-            }
+    let mut params = Vec::with_capacity(submitted.len() * 8);
+    for o in &submitted {
+        if let Outcome::Submitted {
+            message_id,
+            route,
+            provider_ids,
+            at_ms,
+            content_ct,
+            ..
+        } = o
+        {
+            let change = folds.get(message_id).and_then(|f| f.change.as_ref());
+            params.extend([
+                Val::from(message_id),
+                Val::from(route),
+                Val::from(i64::try_from(provider_ids.len()).unwrap_or(i64::MAX)),
+                Val::from(*at_ms),
+                Val::from(content_ct),
+                Val::from(change.map_or("submitted", |c| c.status.as_str())),
+                Val::Text(change.and_then(|c| c.error_code.clone())),
+                Val::Int(change.map(|_| now)),
+            ]);
         }
-        for row in ex.fetch(&text, params).await? {
-            done.insert(row.text(0)?);
-        }
+    }
+    let (_, rows) = rows_statement(
+        ex,
+        "UPDATE messages SET status = v.column6, route = v.column2, parts = v.column3, \
+         attempts = attempts + 1, submitted_at_ms = v.column4, \
+         updated_at_ms = COALESCE(v.column8, v.column4), \
+         lease_until_ms = 0, due_at_ms = NULL, error_reason = NULL, \
+         error_code = CASE WHEN v.column8 IS NULL THEN messages.error_code ELSE v.column7 END, \
+         final_at_ms = COALESCE(v.column8, messages.final_at_ms), \
+         content_ct = COALESCE(v.column5, messages.content_ct) \
+         FROM {rows} WHERE messages.id = v.column1 AND messages.status = 'accepted' \
+         RETURNING messages.id",
+        8,
+        params,
+        true,
+    )
+    .await?;
+    for row in rows {
+        done.insert(row.text(0)?);
     }
     let mut parts = Vec::new();
     let mut usage = Vec::new();
@@ -621,26 +756,27 @@ async fn write_outcomes(
     // No parts to clear first: parts are written only here, in the transaction that moves the
     // message out of `accepted`, and nothing moves a message back; a second send of it (an
     // overlapping lease) fails the status check above and writes none.
-    for r in bulk::chunks(parts.len()) {
-        let text = format!(
-            "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, \
-             state, error_code) VALUES {}",
-            bulk::values(ex.ph(), r.len(), 7, 1, "")
-        );
-        let mut params = Vec::with_capacity(r.len() * 7);
-        for (m, i, route, pid, at, state, code) in &parts[r] {
-            params.extend([
-                Val::from(*m),
-                Val::from(*i),
-                Val::from(*route),
-                Val::from(*pid),
-                Val::from(*at),
-                Val::from(*state),
-                Val::from(*code),
-            ]);
-        }
-        ex.execute(&text, params).await?;
+    let mut params = Vec::with_capacity(parts.len() * 7);
+    for (m, i, route, pid, at, state, code) in &parts {
+        params.extend([
+            Val::from(*m),
+            Val::from(*i),
+            Val::from(*route),
+            Val::from(*pid),
+            Val::from(*at),
+            Val::from(*state),
+            Val::from(*code),
+        ]);
     }
+    rows_statement(
+        ex,
+        "INSERT INTO message_parts (message_id, part_index, route, provider_id, updated_at_ms, \
+         state, error_code) SELECT * FROM {rows}",
+        7,
+        params,
+        false,
+    )
+    .await?;
     push_usage(ex, &usage).await?;
     push_events(ex, &events).await?;
     Ok(done)
@@ -856,19 +992,21 @@ pub(crate) async fn settle(
     // Which parts are recorded: one probe of the (route, provider_id) index per receipt,
     // parts written just above included.
     let mut found: HashMap<(String, String), String> = HashMap::new();
-    for r in bulk::chunks(receipts.len()) {
-        let text = format!(
-            "SELECT p.route, p.provider_id, p.message_id FROM (VALUES {}) AS v \
-             JOIN message_parts p ON p.route = v.column1 AND p.provider_id = v.column2",
-            bulk::values(ex.ph(), r.len(), 2, 1, "")
-        );
-        let mut params = Vec::with_capacity(r.len() * 2);
-        for row in &receipts[r] {
-            params.extend([Val::from(&row.route), Val::from(&row.provider_id)]);
-        }
-        for row in ex.fetch(&text, params).await? {
-            found.insert((row.text(0)?, row.text(1)?), row.text(2)?);
-        }
+    let mut params = Vec::with_capacity(receipts.len() * 2);
+    for row in &receipts {
+        params.extend([Val::from(&row.route), Val::from(&row.provider_id)]);
+    }
+    let (_, rows) = rows_statement(
+        ex,
+        "SELECT p.route, p.provider_id, p.message_id FROM {rows} \
+         JOIN message_parts p ON p.route = v.column1 AND p.provider_id = v.column2",
+        2,
+        params,
+        true,
+    )
+    .await?;
+    for row in rows {
+        found.insert((row.text(0)?, row.text(1)?), row.text(2)?);
     }
     let mut matched = Vec::new();
     let mut waiting = Vec::new();
@@ -962,5 +1100,136 @@ mod tests {
             Ok(())
         };
         assert!(run_ready(waits).is_err());
+    }
+}
+
+#[cfg(test)]
+mod rows_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    /// Counts the statements an executor runs.
+    struct Counting<E> {
+        inner: E,
+        statements: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl<E: Exec> Exec for Counting<E> {
+        fn ph(&self) -> Ph {
+            self.inner.ph()
+        }
+        fn lock_clause(&self) -> &'static str {
+            self.inner.lock_clause()
+        }
+        fn arrays(&self) -> bool {
+            self.inner.arrays()
+        }
+        async fn execute(&mut self, sql: &str, params: Vec<Val>) -> StoreResult<u64> {
+            self.statements += 1;
+            self.inner.execute(sql, params).await
+        }
+        async fn fetch(&mut self, sql: &str, params: Vec<Val>) -> StoreResult<Vec<Row>> {
+            self.statements += 1;
+            self.inner.fetch(sql, params).await
+        }
+    }
+
+    const ROWS: usize = 300;
+
+    /// 300 rows of three columns of each type, NULLs included.
+    fn params() -> Vec<Val> {
+        (0..ROWS)
+            .flat_map(|i| {
+                let i = i64::try_from(i).unwrap();
+                [
+                    Val::Int(Some(i)),
+                    Val::Text((i % 7 != 0).then(|| format!("t{i}"))),
+                    Val::Blob((i % 5 != 0).then(|| i.to_be_bytes().to_vec())),
+                ]
+            })
+            .collect()
+    }
+
+    /// Inserts the rows, reads them back joined to their keys and checks every value.
+    async fn round_trip(ex: &mut impl Exec) {
+        let (n, _) = rows_statement(
+            ex,
+            "INSERT INTO t (a, b, c) SELECT * FROM {rows}",
+            3,
+            params(),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, ROWS as u64);
+        let keys = (0..ROWS)
+            .map(|i| Val::Int(Some(i64::try_from(i).unwrap())))
+            .collect();
+        let (_, rows) = rows_statement(
+            ex,
+            "SELECT t.a, t.b, t.c FROM {rows} JOIN t ON t.a = v.column1 ORDER BY t.a",
+            1,
+            keys,
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), ROWS);
+        for (i, row) in rows.iter().enumerate() {
+            let i = i64::try_from(i).unwrap();
+            assert_eq!(row.int(0).unwrap(), i);
+            assert_eq!(
+                row.opt_text(1).unwrap(),
+                (i % 7 != 0).then(|| format!("t{i}"))
+            );
+            let blob = (i % 5 != 0).then(|| Cell::Blob(i.to_be_bytes().to_vec()));
+            assert_eq!(row.cell(2).unwrap(), &blob.unwrap_or(Cell::Null));
+        }
+        // A column whose type changes between rows is refused, not cast.
+        let mixed = vec![Val::Int(Some(1)), Val::Text(Some("x".into()))];
+        let refused = rows_statement(ex, "SELECT 1 FROM {rows}", 1, mixed, true).await;
+        assert!(refused.is_err() || !ex.arrays());
+    }
+
+    #[test]
+    fn rows_go_in_power_of_two_values_chunks_on_sqlite() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute("CREATE TABLE t (a INTEGER, b TEXT, c BLOB)", [])
+            .unwrap();
+        let mut ex = Counting {
+            inner: Direct(&mut conn),
+            statements: 0,
+        };
+        run_ready(async {
+            round_trip(&mut ex).await;
+            Ok(())
+        })
+        .unwrap();
+        // 300 = 256 + 32 + 8 + 4, twice (the insert and the read).
+        assert_eq!(ex.statements, 8 + 1);
+    }
+
+    /// Runs on PostgreSQL when `HAVEN_TEST_DATABASE_URL` is set (the README's test command
+    /// sets it): every row in one statement, whatever their number.
+    #[tokio::test]
+    async fn rows_go_in_one_statement_of_arrays_on_postgres() {
+        use sqlx::Connection as _;
+        let Ok(url) = std::env::var("HAVEN_TEST_DATABASE_URL") else {
+            return;
+        };
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("CREATE TEMPORARY TABLE t (a BIGINT, b TEXT, c BYTEA) ON COMMIT DROP")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let mut ex = Counting {
+            inner: SqlxTx(&mut tx),
+            statements: 0,
+        };
+        round_trip(&mut ex).await;
+        assert_eq!(ex.statements, 2);
+        tx.rollback().await.unwrap();
     }
 }

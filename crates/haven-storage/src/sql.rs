@@ -262,6 +262,18 @@ macro_rules! message_cols {
     };
 }
 
+/// PostgreSQL: a batch of messages, each column one array (see `messages::insert_messages_pg`).
+pub const INSERT_MESSAGES_PG: &str = concat!(
+    "INSERT INTO messages (",
+    message_cols!(),
+    ", lease_until_ms, due_at_ms) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], \
+     $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], \
+     $11::bytea[], $12::bytea[], $13::boolean[], $14::bigint[], $15::text[], $16::text[], \
+     $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[], $22::bigint[], \
+     $23::bigint[], $24::bigint[], $25::bigint[], $26::bytea[], $27::text[], $28::bigint[], \
+     $29::bigint[])"
+);
+
 pub const INSERT_SENDER: &str = "INSERT INTO senders (id, account_id, channel, address, created_at_ms) VALUES ($1, $2, $3, $4, $5)";
 pub const GET_SENDER: &str =
     "SELECT id, account_id, channel, address, created_at_ms FROM senders WHERE id = $1";

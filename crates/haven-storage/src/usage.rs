@@ -1,7 +1,7 @@
 //! The usage ledger, for both backends: appended inside the transaction of the send it
 //! counts (`push_usage`), read by the Reports API.
 
-use crate::{PgStore, SqliteStore, backend, bulk};
+use crate::{PgStore, SqliteStore, backend};
 use haven_platform::store::StoreResult;
 use haven_platform::usage::UsageRecord;
 use haven_reports::store::{UsageFilter, UsageStore, UsageTotal};
@@ -18,15 +18,12 @@ const SUMMARIZE_USAGE: &str = "SELECT product, channel, country, currency, COUNT
      AND ($4 IS NULL OR product = $4) AND ($5 IS NULL OR channel = $5) AND ($6 IS NULL OR country = $6) \
      GROUP BY product, channel, country, currency ORDER BY product, channel, country, currency";
 
-/// Usage records, `rows` of them; a second record for the same resource is ignored.
-pub(crate) fn insert_usage_text(ph: bulk::Ph, rows: usize) -> String {
-    format!(
-        "INSERT INTO usage_records (id, account_id, product, channel, resource_id, reference_id, \
-         country, units, unit, unit_price_micros, currency, created_at_ms) VALUES {} \
-         ON CONFLICT (resource_id) DO NOTHING",
-        bulk::values(ph, rows, 12, 1, "")
-    )
-}
+/// Usage records, from a row source `{rows}` (see `settle::rows_statement`); a second record
+/// for the same resource is ignored. (`WHERE true` tells SQLite's parser that `ON` begins the
+/// upsert, not a join constraint.)
+pub(crate) const INSERT_USAGE_ROWS: &str = "INSERT INTO usage_records (id, account_id, product, \
+     channel, resource_id, reference_id, country, units, unit, unit_price_micros, currency, \
+     created_at_ms) SELECT * FROM {rows} WHERE true ON CONFLICT (resource_id) DO NOTHING";
 
 macro_rules! impl_usage_store {
     ($store:ty, $db:ty, $row:ty) => {
