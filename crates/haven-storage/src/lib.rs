@@ -564,14 +564,6 @@ pub(crate) const INSERT_EVENTS_ROWS: &str = "INSERT INTO webhook_events (id, acc
      AND e.account_id IN (v.column2, (SELECT a.parent_id FROM accounts a WHERE a.id = v.column2))) \
      THEN 0 ELSE 1 END FROM {rows}";
 
-/// [`INSERT_EVENTS_ROWS`] for `rows` events in a `VALUES` list.
-pub(crate) fn insert_events_text(ph: bulk::Ph, rows: usize) -> String {
-    INSERT_EVENTS_ROWS.replace(
-        "{rows}",
-        &format!("(VALUES {}) AS v", bulk::values(ph, rows, 5, 1, "")),
-    )
-}
-
 /// The same method bodies for both backends; only the pools differ.
 macro_rules! impl_stores {
     ($store:ty, $db:ty) => {
@@ -588,20 +580,7 @@ macro_rules! impl_stores {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[OutboxEvent],
             ) -> StoreResult<()> {
-                for r in bulk::chunks(events.len()) {
-                    let text = insert_events_text(Self::PH, r.len());
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-                    for e in &events[r] {
-                        q = q
-                            .bind(&e.id)
-                            .bind(&e.account_id)
-                            .bind(e.event_type)
-                            .bind(&e.payload)
-                            .bind(e.created_at_ms);
-                    }
-                    q.execute(&mut **tx).await.map_err(backend)?;
-                }
-                Ok(())
+                settle::push_events(&mut settle::SqlxTx(tx), events).await
             }
         }
 

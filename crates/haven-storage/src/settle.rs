@@ -127,31 +127,30 @@ pub(crate) struct SqlxTx<'t, 'c, DB: sqlx::Database>(pub(crate) &'t mut sqlx::Tr
 
 /// A sqlx query with `params` bound in order, each with its own type.
 macro_rules! bind_all {
-    ($q:expr, $params:expr, arrays) => {{
+    ($q:expr, $params:expr, $arrays:tt) => {{
         let mut q = $q;
         for p in $params {
             q = match p {
                 Val::Int(v) => q.bind(v),
                 Val::Text(v) => q.bind(v),
                 Val::Blob(v) => q.bind(v),
-                Val::Ints(v) => q.bind(v),
-                Val::Texts(v) => q.bind(v),
-                Val::Blobs(v) => q.bind(v),
+                Val::Ints(v) => bind_array!(q, v, $arrays),
+                Val::Texts(v) => bind_array!(q, v, $arrays),
+                Val::Blobs(v) => bind_array!(q, v, $arrays),
             };
         }
         q
     }};
-    ($q:expr, $params:expr, scalars) => {{
-        let mut q = $q;
-        for p in $params {
-            q = match p {
-                Val::Int(v) => q.bind(v),
-                Val::Text(v) => q.bind(v),
-                Val::Blob(v) => q.bind(v),
-                Val::Ints(_) | Val::Texts(_) | Val::Blobs(_) => return Err(no_arrays()),
-            };
-        }
-        q
+}
+
+/// An array parameter: bound where the backend has arrays, refused where it has not.
+macro_rules! bind_array {
+    ($q:expr, $v:expr, arrays) => {
+        $q.bind($v)
+    };
+    ($q:expr, $v:expr, scalars) => {{
+        drop($v);
+        return Err(no_arrays());
     }};
 }
 
@@ -449,7 +448,7 @@ pub(crate) struct Matched {
 /// Receipts arriving now come after every stored one.
 const ARRIVING_SEQ: i64 = i64::MAX / 2;
 
-/// Outbox events inside the caller's transaction (see `insert_events_text`).
+/// Outbox events inside the caller's transaction (see `INSERT_EVENTS_ROWS`).
 pub(crate) async fn push_events(ex: &mut impl Exec, events: &[OutboxEvent]) -> StoreResult<()> {
     let mut params = Vec::with_capacity(events.len() * 5);
     for e in events {
