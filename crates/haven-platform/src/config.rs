@@ -1076,7 +1076,8 @@ impl Config {
                     "must be between 1 and 1024",
                 ));
             }
-            if b.listen == self.server.listen {
+            // Port 0 is "any free port": two of them never collide.
+            if b.listen == self.server.listen && b.listen.port() != 0 {
                 p.push(problem(
                     "email.bounces.listen",
                     "must differ from server.listen",
@@ -1505,6 +1506,15 @@ mod tests {
             ("HAVEN_EMAIL__BOUNCES__DOMAIN", "bounces.clinic.example"),
         ]);
         assert!(good.is_empty(), "{good:?}");
+        // Both on port 0 (any free port, as tests run it) do not collide.
+        let any_port = load(&[
+            ("HAVEN_LISTEN", "127.0.0.1:0"),
+            ("HAVEN_EMAIL__SMTP__HOST", "relay.test"),
+            ("HAVEN_EMAIL__SMTP__PORT", "25"),
+            ("HAVEN_EMAIL__BOUNCES__LISTEN", "127.0.0.1:0"),
+            ("HAVEN_EMAIL__BOUNCES__DOMAIN", "bounces.clinic.example"),
+        ]);
+        assert!(any_port.is_empty(), "{any_port:?}");
         let bad = load(&[
             ("HAVEN_EMAIL__BOUNCES__LISTEN", "127.0.0.1:8443"),
             ("HAVEN_EMAIL__BOUNCES__DOMAIN", "not a domain"),

@@ -6,9 +6,9 @@
 //! sessions and mail that is not a report change nothing.
 
 use crate::both_backends;
-use crate::common::{Backend, python};
+use crate::common::{Backend, Server, python};
 use crate::messages::{get_message, post_message, register, start, until, wait_status};
-use crate::peers::{Postfix, SmtpRelay, free_port};
+use crate::peers::{Postfix, SmtpRelay};
 use crate::webhooks::{Receiver, accepted, endpoint};
 use serde_json::{Value, json};
 use std::process::Command;
@@ -57,12 +57,23 @@ fn smtp_client(port: u16, mode: &str, rcpt: &str, body: Option<&str>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The port that Haven's bounce listener bound, from its start-up log line.
+fn bounce_listener_port(s: &Server) -> u16 {
+    s.stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "bounce listener started")
+        .and_then(|v| v["listen"].as_str()?.rsplit(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no bounce listener in the log: {}", s.stderr()))
+}
+
 async fn bounces_come_back_as_failures_and_receipts(backend: Backend) {
     let recipient_server = SmtpRelay::start_plain();
-    let bounce_port = free_port();
-    let postfix = Postfix::start(recipient_server.port, DOMAIN, bounce_port);
+    // Haven's bounce listener binds a port of its own choosing (a port picked in advance
+    // can be taken by a parallel test before Haven binds it); Postfix learns it after.
+    let postfix = Postfix::start(recipient_server.port, DOMAIN, 9);
     let toml = format!(
-        "{}\n[email.bounces]\nlisten = \"127.0.0.1:{bounce_port}\"\ndomain = \"{DOMAIN}\"\n",
+        "{}\n[email.bounces]\nlisten = \"127.0.0.1:0\"\ndomain = \"{DOMAIN}\"\n",
         postfix.config()
     );
     let (mut s, _cfg) = start(
@@ -71,6 +82,8 @@ async fn bounces_come_back_as_failures_and_receipts(backend: Backend) {
         &[("HAVEN_MESSAGES__RETRY_MAX_SECONDS", "1")],
     )
     .await;
+    let bounce_port = bounce_listener_port(&s);
+    postfix.route(DOMAIN, bounce_port);
     let hooks = Receiver::start();
     let (_, secret) = endpoint(&s, &hooks.url(), json!(["message.*"])).await;
     hooks.set("secrets", &secret);

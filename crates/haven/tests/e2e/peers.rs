@@ -430,6 +430,34 @@ impl Postfix {
         p
     }
 
+    /// Sends mail for `domain` to `127.0.0.1:port` from now on (`transport_maps`, then a
+    /// reload): for a peer that binds its port after Postfix started.
+    pub fn route(&self, domain: &str, port: u16) {
+        let conf = self.dir.path().join("conf");
+        let main_cf =
+            std::fs::read_to_string(conf.join("main.cf")).unwrap_or_else(|e| panic!("{e}"));
+        let routed: String = main_cf
+            .lines()
+            .map(|l| {
+                if l.starts_with("transport_maps =") {
+                    format!("transport_maps = inline:{{{domain}=smtp:[127.0.0.1]:{port}}}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(conf.join("main.cf"), routed).unwrap_or_else(|e| panic!("{e}"));
+        let reloaded = as_root(POSTFIX)
+            .arg("-c")
+            .arg(&conf)
+            .arg("reload")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(reloaded, "postfix reload: {}", self.log());
+    }
+
     /// Postfix's own log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
