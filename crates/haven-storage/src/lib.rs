@@ -10,6 +10,7 @@ mod dispatch;
 mod inline;
 mod messages;
 mod pgpoint;
+mod pgtls;
 mod rows;
 mod settle;
 mod sql;
@@ -475,8 +476,13 @@ struct Gathered {
 
 impl PgStore {
     async fn connect(url: &str, opts: &StoreOptions) -> StoreResult<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(backend)?
+        let options = PgConnectOptions::from_str(url).map_err(backend)?;
+        let tls = pgtls::policy(url, std::env::var("PGSSLMODE").ok().as_deref(), &options);
+        if let Some(w) = &tls.warning {
+            tracing::warn!("{w}");
+        }
+        let options = options
+            .ssl_mode(tls.mode)
             .application_name("haven")
             .statement_cache_capacity(STATEMENT_CACHE);
         let pool = PgPoolOptions::new()

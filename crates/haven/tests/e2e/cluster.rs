@@ -197,3 +197,87 @@ async fn a_node_with_another_master_key_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("master key does not match"), "{err}");
 }
+
+/// How Haven's own connections to the database are encrypted: `(ssl, count)` by `ssl`.
+async fn haven_connections_by_tls(url: &str, database: &str) -> Vec<(bool, i64)> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query_as(
+        "SELECT s.ssl, count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = $1 AND a.application_name = 'haven' GROUP BY s.ssl ORDER BY s.ssl",
+    )
+    .bind(database)
+    .fetch_all(&mut c)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A database on this host is reached without TLS unless the URL asks for it (the traffic
+/// never leaves the host; see docs/configuration.md); `sslmode` in the URL is obeyed.
+#[tokio::test]
+async fn a_database_on_this_host_is_reached_without_tls_unless_the_url_asks() {
+    let Some(admin_url) = postgres_url() else {
+        return;
+    };
+    let mut s = Server::start(Backend::Postgres).await;
+    let database = s
+        .database_url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .unwrap_or_default()
+        .to_owned();
+    let (status, _) = send(s.admin(Method::GET, "/v1/accounts")).await;
+    assert_eq!(status, 200);
+    let plain = haven_connections_by_tls(&admin_url, &database).await;
+    assert!(
+        matches!(plain.as_slice(), [(false, n)] if *n > 0),
+        "every connection in clear on loopback: {plain:?}"
+    );
+    s.stop();
+
+    // When the server offers TLS, `sslmode=require` in the URL is kept.
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if ssl != "on" {
+        eprintln!("the test server offers no TLS: only the default was checked");
+        return;
+    }
+    let sep = if s.database_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!("{}{sep}sslmode=require", s.database_url);
+    let t = Server::start_with(
+        Backend::Postgres,
+        Options {
+            database_url: Some(url),
+            env: vec![(
+                "HAVEN_MASTER_KEY_FILE".to_owned(),
+                s.dir.join("master.key").display().to_string(),
+            )],
+            ..Options::default()
+        },
+    )
+    .await;
+    // The first node's backends may take a moment to go after it stopped.
+    within(
+        Duration::from_secs(5),
+        "every connection over TLS",
+        || async {
+            let encrypted = haven_connections_by_tls(&admin_url, &database).await;
+            matches!(encrypted.as_slice(), [(true, n)] if *n > 0)
+        },
+    )
+    .await;
+    drop(t);
+}
