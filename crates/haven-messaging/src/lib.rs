@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod consent;
+mod country;
 pub mod limiter;
 pub mod model;
 pub mod pipeline;

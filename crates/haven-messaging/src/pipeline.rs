@@ -226,7 +226,7 @@ impl Messaging {
             }
         };
         let country = match kind {
-            ChannelKind::Sms => country_of(&out.to),
+            ChannelKind::Sms => crate::country::country_of(&out.to),
             ChannelKind::Email => None,
         };
         // Stay well inside the lease, so no other node starts the same send.
@@ -570,78 +570,6 @@ impl Messaging {
     }
 }
 
-/// The region of an E.164 number (ISO 3166-1 alpha-2), by libphonenumber's metadata.
-///
-/// A plain `+digits` number is resolved straight from the metadata, the way libphonenumber
-/// resolves a parsed number's region: its country calling code, and where several regions
-/// share that code (+1, +7, +44, …), the first of them whose leading digits start the
-/// national number or whose patterns know it. That is what `phonenumber::parse` ends with,
-/// without the parse itself (normalisation and regular expressions: about 17 µs of the 0.5 µs
-/// this takes for a US number, once per message sent). Where the parse finds a region, this
-/// finds the same one (tested on every example number of every region). Anything that is not
-/// plain digits goes through the parse.
-fn country_of(e164: &str) -> Option<String> {
-    match e164.strip_prefix('+') {
-        Some(digits)
-            if (4..=17).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            region_of_digits(digits)
-        }
-        _ => phonenumber::parse(None, e164)
-            .ok()
-            .and_then(|n| n.country().id())
-            .map(|id| id.as_ref().to_owned()),
-    }
-}
-
-/// `country_of` for the digits of an E.164 number (country calling code first).
-fn region_of_digits(digits: &str) -> Option<String> {
-    use phonenumber::metadata::DATABASE;
-    // Country calling codes are prefix-free: at most one of the first 1–3 digits is one.
-    let (code, national) = (1..=3).find_map(|len| {
-        let code: u16 = digits.get(..len)?.parse().ok()?;
-        let regions = DATABASE.region(&code)?;
-        Some((regions, digits.get(len..)?))
-    })?;
-    if let [only] = code.as_slice() {
-        // "001": a non-geographic code (satellite, international networks).
-        return (*only != "001").then(|| (*only).to_owned());
-    }
-    // As the parsed number has it: its national number is an integer (no leading zeros).
-    let national = national.parse::<u64>().ok()?.to_string();
-    code.into_iter()
-        .find(|region| {
-            DATABASE
-                .by_id(*region)
-                .is_some_and(|meta| match meta.leading_digits() {
-                    Some(lead) => lead.find(&national).is_some_and(|m| m.start() == 0),
-                    None => has_known_type(meta, &national),
-                })
-        })
-        .map(str::to_owned)
-}
-
-/// Whether libphonenumber gives `national` a type in this region (anything but unknown).
-fn has_known_type(meta: &phonenumber::Metadata, national: &str) -> bool {
-    let d = meta.descriptors();
-    d.general().is_match(national)
-        && [
-            d.premium_rate(),
-            d.toll_free(),
-            d.shared_cost(),
-            d.voip(),
-            d.personal_number(),
-            d.pager(),
-            d.uan(),
-            d.voicemail(),
-            d.fixed_line(),
-            d.mobile(),
-        ]
-        .into_iter()
-        .flatten()
-        .any(|t| t.is_match(national))
-}
-
 /// A carrier's number as E.164: digits get their `+`; alphanumeric ids stay as they are.
 fn e164(raw: &str) -> String {
     let t = raw.trim();
@@ -742,70 +670,6 @@ mod tests {
         let mut t = target(&[("delivered", None)]);
         t.status = "delivered".into();
         assert!(decide(&t, 0).is_none());
-    }
-
-    #[test]
-    fn destinations_have_their_country() {
-        assert_eq!(country_of("+14155550100").as_deref(), Some("US"));
-        assert_eq!(country_of("+447400123456").as_deref(), Some("GB"));
-        assert_eq!(country_of("+4915123456789").as_deref(), Some("DE"));
-        assert_eq!(country_of("not a number"), None);
-        assert_eq!(country_of("+16135550100").as_deref(), Some("CA"));
-        assert_eq!(country_of("+12684641234").as_deref(), Some("AG"));
-        assert_eq!(country_of("+79123456789").as_deref(), Some("RU"));
-        assert_eq!(country_of("+77012345678").as_deref(), Some("KZ"));
-        assert_eq!(country_of("+393123456789").as_deref(), Some("IT"));
-        assert_eq!(country_of("+80012345678"), None);
-        assert_eq!(country_of("+999123456"), None);
-        assert_eq!(country_of("+1 415 555 0100").as_deref(), Some("US"));
-    }
-
-    /// The fast path agrees with `phonenumber::parse` on every example number of every
-    /// region in the metadata (each kind: fixed line, mobile, toll free, …).
-    #[test]
-    fn the_fast_country_lookup_agrees_with_the_parse_on_every_example_number() {
-        use phonenumber::metadata::DATABASE;
-        let mut checked = 0;
-        let mut disagree = Vec::new();
-        for code in 1..1000u16 {
-            let Some(metas) = DATABASE.by_code(&code) else {
-                continue;
-            };
-            for meta in metas {
-                let d = meta.descriptors();
-                let kinds = [
-                    Some(d.general()),
-                    d.fixed_line(),
-                    d.mobile(),
-                    d.toll_free(),
-                    d.premium_rate(),
-                    d.shared_cost(),
-                    d.personal_number(),
-                    d.voip(),
-                    d.pager(),
-                    d.uan(),
-                    d.voicemail(),
-                ];
-                for example in kinds.into_iter().flatten().filter_map(|k| k.example()) {
-                    let number = format!("+{code}{example}");
-                    let parsed = phonenumber::parse(None, &number)
-                        .ok()
-                        .and_then(|n| n.country().id())
-                        .map(|id| id.as_ref().to_owned());
-                    let fast = region_of_digits(&number[1..]);
-                    checked += 1;
-                    if parsed.is_some() && parsed != fast {
-                        disagree.push(format!("{number}: parse {parsed:?}, fast {fast:?}"));
-                    }
-                }
-            }
-        }
-        assert!(checked > 1000, "only {checked} example numbers");
-        assert!(
-            disagree.is_empty(),
-            "{} of {checked}: {disagree:#?}",
-            disagree.len()
-        );
     }
 
     #[test]
