@@ -57,14 +57,23 @@ fn smtp_client(port: u16, mode: &str, rcpt: &str, body: Option<&str>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The port that Haven's bounce listener bound, from its start-up log line.
+/// The port that Haven's bounce listener bound, from its start-up log line (written by a
+/// background thread: it may reach the file a moment after the server listens).
 fn bounce_listener_port(s: &Server) -> u16 {
-    s.stderr()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "bounce listener started")
-        .and_then(|v| v["listen"].as_str()?.rsplit(':').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no bounce listener in the log: {}", s.stderr()))
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let port = s
+            .stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "bounce listener started")
+            .and_then(|v| v["listen"].as_str()?.rsplit(':').next()?.parse().ok());
+        match port {
+            Some(p) => return p,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("no bounce listener in the log: {}", s.stderr()),
+        }
+    }
 }
 
 async fn bounces_come_back_as_failures_and_receipts(backend: Backend) {
