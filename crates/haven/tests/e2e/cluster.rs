@@ -222,13 +222,7 @@ async fn a_database_on_this_host_is_reached_without_tls_unless_the_url_asks() {
         return;
     };
     let mut s = Server::start(Backend::Postgres).await;
-    let database = s
-        .database_url
-        .rsplit('/')
-        .next()
-        .and_then(|d| d.split('?').next())
-        .unwrap_or_default()
-        .to_owned();
+    let database = s.database_name();
     let (status, _) = send(s.admin(Method::GET, "/v1/accounts")).await;
     assert_eq!(status, 200);
     let plain = haven_connections_by_tls(&admin_url, &database).await;

@@ -330,6 +330,16 @@ impl Server {
         );
     }
 
+    /// The PostgreSQL database's name, from the URL.
+    pub fn database_name(&self) -> String {
+        self.database_url
+            .rsplit('/')
+            .next()
+            .and_then(|d| d.split('?').next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -830,13 +830,7 @@ async fn severed_postgresql_connections_cost_no_send() {
     )
     .await;
 
-    let db = s
-        .database_url
-        .rsplit('/')
-        .next()
-        .and_then(|d| d.split('?').next())
-        .unwrap_or_default()
-        .to_owned();
+    let db = s.database_name();
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
