@@ -103,9 +103,14 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    /// The mode by name, and the warning.
+    /// The mode by name, and the warning. `env` is `PGSSLMODE`, which sqlx reads into the
+    /// options (the URL's own mode, when it names one, wins).
     fn decide(url: &str, env: Option<&str>) -> (&'static str, Option<String>) {
-        let options = PgConnectOptions::from_str(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let mut options = PgConnectOptions::from_str(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        if let Some(m) = env.filter(|_| !url_names_mode(url)) {
+            options =
+                options.ssl_mode(PgSslMode::from_str(m).unwrap_or_else(|e| panic!("{m}: {e}")));
+        }
         shown(policy(url, env, &options))
     }
 
@@ -161,24 +166,9 @@ mod tests {
     #[test]
     fn pgsslmode_counts_as_explicit() {
         // sqlx reads PGSSLMODE into the options; the policy only learns that it was set.
-        let options = PgConnectOptions::from_str("postgres://haven@127.0.0.1/haven")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .ssl_mode(PgSslMode::Require);
-        let t = policy(
-            "postgres://haven@127.0.0.1/haven",
-            Some("require"),
-            &options,
-        );
-        assert_eq!(shown(t), ("require", None));
-        let options = PgConnectOptions::from_str("postgres://haven@db.internal/haven")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .ssl_mode(PgSslMode::Prefer);
-        let t = policy(
-            "postgres://haven@db.internal/haven",
-            Some("prefer"),
-            &options,
-        );
-        let (mode, w) = shown(t);
+        let t = decide("postgres://haven@127.0.0.1/haven", Some("require"));
+        assert_eq!(t, ("require", None));
+        let (mode, w) = decide("postgres://haven@db.internal/haven", Some("prefer"));
         assert_eq!(mode, "prefer");
         assert!(w.is_some());
     }
