@@ -778,7 +778,12 @@ impl Messaging {
         if handoff.is_some() {
             row.lease_until_ms = now.saturating_add(duration_ms(self.settings.lease));
         }
+        // How long acceptance waits for its group commit: most of an accepting request's
+        // time, and where its latency tail comes from when the one writer is busy.
+        let waited = std::time::Instant::now();
         self.writer.submit((row.clone(), None)).await?;
+        metrics::histogram!("haven_message_commit_wait_seconds")
+            .record(waited.elapsed().as_secs_f64());
         metrics::counter!("haven_messages_accepted_total", "channel" => v.channel.as_str())
             .increment(1);
         let message = Message {

@@ -212,6 +212,12 @@ async fn sms_is_sent_receipted_and_answered(backend: Backend) {
     // Each was sent straight from acceptance (leased to this node on insert), not claimed.
     let handed = metric(&s, "haven_messages_handoff_total{result=\"sent\"}").await;
     assert!(handed >= 4.0, "{handed} messages handed over");
+    // Each acceptance's wait for its group commit is measured.
+    let waits = metric(&s, "haven_message_commit_wait_seconds_count").await;
+    assert!(
+        waits >= handed,
+        "{waits} commit waits for {handed} messages"
+    );
     // Receipts: at least one for each part of the delivered and failed messages applied; the
     // foreign one stored and tried again (after 100 ms, then 200 ms, …), never applied.
     let applied = metric(&s, "haven_receipts_total{result=\"applied\"}").await;
