@@ -563,11 +563,15 @@ impl PgStore {
 }
 
 /// Outbox events, from a row source `{rows}` (see `settle::rows_statement`): an event that no
-/// enabled endpoint listens to is written already fanned out (see `push_events`).
+/// enabled endpoint listens to is written already fanned out (see `push_events`). The accounts
+/// listened to (those with an enabled endpoint, and their subaccounts) are one uncorrelated
+/// subquery, which both stores evaluate once per statement (PostgreSQL as a hashed subplan,
+/// SQLite as an ephemeral index), not once per event.
 pub(crate) const INSERT_EVENTS_ROWS: &str = "INSERT INTO webhook_events (id, account_id, event_type, \
      payload, created_at_ms, fanned_out) SELECT v.column1, v.column2, v.column3, v.column4, \
-     v.column5, CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.status = 'enabled' \
-     AND e.account_id IN (v.column2, (SELECT a.parent_id FROM accounts a WHERE a.id = v.column2))) \
+     v.column5, CASE WHEN v.column2 IN (SELECT e.account_id FROM webhook_endpoints e \
+     WHERE e.status = 'enabled' UNION ALL SELECT a.id FROM webhook_endpoints e \
+     JOIN accounts a ON a.parent_id = e.account_id WHERE e.status = 'enabled') \
      THEN 0 ELSE 1 END FROM {rows}";
 
 /// The same method bodies for both backends; only the pools differ.

@@ -372,3 +372,34 @@ async fn a_message_leased_on_acceptance_is_due_when_its_lease_runs_out() {
     })
     .await;
 }
+
+/// On PostgreSQL the rows every message writes carry no foreign key (migration 0016): each
+/// checked row would be a trigger's query and a lock on its parent, every group commit and
+/// settle locking the same account row. The references hold by how the rows are written (see
+/// the migration); this keeps a later migration from bringing the checks back unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rows_of_every_message_lock_no_parent_on_postgres() {
+    let Some(db) = postgres().await else {
+        return;
+    };
+    let mut read = match Reader::open(&db.url).await {
+        Reader::Pg(c) => c,
+        Reader::Sqlite(_) => unreachable!("a PostgreSQL URL"),
+    };
+    let fks: Vec<(String,)> = sqlx::query_as(
+        "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' \
+         AND conrelid::regclass::text IN ('messages', 'message_parts', 'usage_records')",
+    )
+    .fetch_all(&mut read)
+    .await
+    .unwrap();
+    assert!(fks.is_empty(), "foreign keys on the hot tables: {fks:?}");
+    // The other tables keep theirs.
+    let (kept,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
+        .fetch_one(&mut read)
+        .await
+        .unwrap();
+    assert!(kept > 10, "{kept} foreign keys left");
+    drop(read);
+    (db.cleanup)();
+}
