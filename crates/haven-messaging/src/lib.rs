@@ -301,7 +301,7 @@ impl Messaging {
             max,
             move |rows: Vec<(MessageRow, Option<OutboxEvent>)>, more| {
                 let s = s.clone();
-                async move { s.insert_messages(rows, &move || more.take()).await }
+                async move { s.insert_messages(rows, Box::new(move || more.take())).await }
             },
         );
         let background_max = background_limit(store.as_ref(), max);

@@ -219,6 +219,10 @@ pub struct TemplateRow {
     pub reviewed_at_ms: Option<i64>,
 }
 
+/// The rows accepted since a group commit's batch was taken (see
+/// [`MessageStore::insert_messages`]); owned, so that a store may call it on another thread.
+pub type TopUpRows = Box<dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync>;
+
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync {
     /// The most rows one background write (outcomes with receipts, stored receipts tried
@@ -296,7 +300,7 @@ pub trait MessageStore: Send + Sync {
     async fn insert_messages(
         &self,
         rows: Vec<(MessageRow, Option<OutboxEvent>)>,
-        more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
+        more: TopUpRows,
     ) -> StoreResult<()>;
     async fn get_message(&self, id: &str) -> StoreResult<Option<MessageRow>>;
     async fn list_messages(

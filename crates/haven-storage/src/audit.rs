@@ -417,16 +417,16 @@ macro_rules! impl_audit_store {
 
 impl SqliteStore {
     /// The whole append, tree nodes and leaf hashes included, in one hand-off to the writer
-    /// thread (see `direct`), with the writer lock held throughout.
+    /// thread (see `direct`): a foreground transaction there when a caller waits for it.
     async fn append_events(&self, events: &[AuditEvent], waited_for: bool) -> StoreResult<u64> {
-        let _held = if waited_for {
-            self.wc_as("audit").await?
+        let (class, writer) = if waited_for {
+            (crate::writer::Class::Foreground, "audit")
         } else {
-            self.wc_bg_as("audit_queued").await?
+            (crate::writer::Class::Background, "audit_queued")
         };
         let events = events.to_vec();
         self.direct
-            .transaction(move |c| {
+            .transaction(class, writer, move |c| {
                 let db = crate::direct::backend;
                 let size: i64 = c.query_row(sql::AUDIT_SIZE, [], |r| r.get(0)).map_err(db)?;
                 let size = u(size);

@@ -1,29 +1,43 @@
-//! Whole SQLite write transactions in one hand-off.
+//! Whole SQLite write transactions in one hand-off, queued on the writer thread.
 //!
 //! sqlx runs every statement of a transaction as a round trip to its connection's thread:
 //! `BEGIN`, each statement and `COMMIT` are each a hand-over and a wake-up of the waiting task.
 //! The writer is held through all of them, and on two busy cores the wake-ups, not SQLite, were
 //! most of the time the one write connection was held: SQLite's own thread used about 40 % of
 //! the time the writer was held under the SMS benchmark. Here a transaction is a closure run
-//! start to finish on a thread of its own, on a rusqlite connection to the same file: one
-//! hand-off in, one wake-up out.
+//! start to finish on a thread of its own, on a rusqlite connection to the same file.
 //!
 //! Only the hot group commits run here: accepted messages, the sending loop's settle (send
-//! outcomes with the receipts that came meanwhile) and audit appends. The caller holds the
-//! store's writer lock (the same priority lock as the sqlx write connection) until the job's
-//! answer is back, so the two write connections never write at once. Those callers are
-//! background tasks that are never cancelled; were one dropped mid-job, the lock would go to
-//! the next writer early and that writer would wait in SQLite's busy handler, still correct.
+//! outcomes with the receipts that came meanwhile) and audit appends. They queue on the thread,
+//! not on the writer lock: the thread takes the store's writer lock (the same priority lock as
+//! the sqlx write connection, so the two write connections never write at once) and runs the
+//! queued transactions back to back, foreground ones first, a background one once it has been
+//! passed over for [`writer::MAX_DEFER`]. It lets the lock go as soon as a writer on the sqlx
+//! connection (or the checkpointer) waits for it, and when it has nothing left to run. So no
+//! async task's wake-up stands between two transactions: a caller's task is woken once its
+//! transaction is done, while the next one already runs.
 
+use crate::writer::{self, Class, PriorityLock};
 use haven_platform::config::SqliteSynchronous;
 use haven_platform::store::{StoreError, StoreResult};
 use rusqlite::{Connection, OpenFlags};
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A transaction to run, given the connection, or `None` when the store is closed.
+type Job = Box<dyn FnOnce(Option<&mut Connection>) + Send>;
+
+/// A job waiting on the writer thread.
+struct Queued {
+    class: Class,
+    /// The writer's purpose, the metrics' `writer` label.
+    writer: &'static str,
+    asked: Instant,
+    job: Job,
+}
 
 /// Prepared statements kept: the group commits' set-based texts come in a few sizes each.
 const STATEMENTS: usize = 256;
@@ -38,16 +52,34 @@ pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+fn stopped() -> StoreError {
+    StoreError::Backend("the SQLite writer thread stopped".into())
+}
+
 /// The thread that runs write transactions, and its connection.
 pub(crate) struct DirectWriter {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
 }
 
 impl DirectWriter {
     /// Opens a write connection to the database at `path` (already created; statements are
     /// prepared when first used, after the migrations) on a thread of its own, set up as the
-    /// sqlx write connection is.
-    pub(crate) fn open(path: &Path, sync: SqliteSynchronous) -> StoreResult<Self> {
+    /// sqlx write connection is, writing under `lock`.
+    pub(crate) fn open<T: Send + 'static>(
+        path: &Path,
+        sync: SqliteSynchronous,
+        lock: Arc<PriorityLock<T>>,
+    ) -> StoreResult<Self> {
+        Self::open_with_max_defer(path, sync, lock, writer::MAX_DEFER)
+    }
+
+    /// [`Self::open`], with a background transaction passed over for at most `max_defer`.
+    fn open_with_max_defer<T: Send + 'static>(
+        path: &Path,
+        sync: SqliteSynchronous,
+        lock: Arc<PriorityLock<T>>,
+        max_defer: Duration,
+    ) -> StoreResult<Self> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -65,36 +97,111 @@ impl DirectWriter {
         ))
         .map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("haven-sqlite-writer".to_owned())
-            .spawn(move || {
-                let mut conn = conn;
-                // Ends when the store (every sender) is dropped.
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
-                }
-            })
+            .spawn(move || run(conn, &rx, &lock, max_defer))
             .map_err(|e| StoreError::Backend(format!("cannot start the SQLite writer: {e}")))?;
         Ok(Self { jobs })
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE … COMMIT` on the writer thread (rolled back if it
-    /// fails). The caller holds the writer lock until this returns.
+    /// fails), in its turn among the queued transactions of `class` (see the module), and
+    /// records its wait and hold under `writer`. A caller that stops waiting does not stop
+    /// the transaction.
     pub(crate) async fn transaction<R: Send + 'static>(
         &self,
+        class: Class,
+        writer: &'static str,
         f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &mut Connection| {
-            let _ = done.send(in_transaction(conn, f));
+        let job: Job = Box::new(move |conn: Option<&mut Connection>| {
+            let r = match conn {
+                Some(conn) => in_transaction(conn, f),
+                None => Err(StoreError::Backend("the store is closed".into())),
+            };
+            let _ = done.send(r);
         });
         self.jobs
-            .send(job)
-            .map_err(|_| StoreError::Backend("the SQLite writer thread stopped".into()))?;
-        result
-            .await
-            .map_err(|_| StoreError::Backend("the SQLite writer thread stopped".into()))?
+            .send(Queued {
+                class,
+                writer,
+                asked: Instant::now(),
+                job,
+            })
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+}
+
+/// The writer thread: until the store (every sender) is dropped, runs the queued jobs under the
+/// writer lock, keeping the lock between jobs while nobody else waits for it.
+fn run<T>(
+    mut conn: Connection,
+    rx: &mpsc::Receiver<Queued>,
+    lock: &PriorityLock<T>,
+    max_defer: Duration,
+) {
+    let mut foreground: VecDeque<Queued> = VecDeque::new();
+    let mut background: VecDeque<Queued> = VecDeque::new();
+    let mut held = None;
+    let queue = |q: Queued, fg: &mut VecDeque<Queued>, bg: &mut VecDeque<Queued>| match q.class {
+        Class::Foreground => fg.push_back(q),
+        Class::Background => bg.push_back(q),
+    };
+    loop {
+        if foreground.is_empty() && background.is_empty() {
+            // Nothing to run: the lock goes back while the thread waits.
+            drop(held.take());
+            match rx.recv() {
+                Ok(q) => queue(q, &mut foreground, &mut background),
+                Err(_) => return,
+            }
+        }
+        while let Ok(q) = rx.try_recv() {
+            queue(q, &mut foreground, &mut background);
+        }
+        if held.is_none() {
+            // Asked for as the most urgent job queued, and the job chosen once it is granted:
+            // what arrived meanwhile may go first.
+            let class = if foreground.is_empty() {
+                Class::Background
+            } else {
+                Class::Foreground
+            };
+            match lock.lock_blocking(class) {
+                Ok(h) => held = Some(h),
+                Err(writer::LockError::Closed) => {
+                    for q in foreground.drain(..).chain(background.drain(..)) {
+                        (q.job)(None);
+                    }
+                    continue;
+                }
+            }
+            while let Ok(q) = rx.try_recv() {
+                queue(q, &mut foreground, &mut background);
+            }
+        }
+        let overdue = background
+            .front()
+            .is_some_and(|q| q.asked.elapsed() >= max_defer);
+        let next = if overdue {
+            background.pop_front()
+        } else {
+            foreground.pop_front().or_else(|| background.pop_front())
+        };
+        let Some(q) = next else { continue };
+        let since = Instant::now();
+        metrics::histogram!("haven_sqlite_writer_wait_seconds", "writer" => q.writer)
+            .record(since.duration_since(q.asked).as_secs_f64());
+        (q.job)(Some(&mut conn));
+        metrics::histogram!("haven_sqlite_writer_hold_seconds", "writer" => q.writer)
+            .record(since.elapsed().as_secs_f64());
+        if lock.has_waiters() {
+            // A writer on the other connection, or the checkpointer, goes next.
+            drop(held.take());
+        }
     }
 }
 
@@ -117,6 +224,7 @@ fn in_transaction<R>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     fn count(path: &Path) -> i64 {
         Connection::open(path)
@@ -125,9 +233,9 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_failed_transaction_leaves_nothing_and_the_next_one_runs() {
-        let dir = std::env::temp_dir().join(format!("haven-direct-{}", std::process::id()));
+    /// A fresh database with one table, and a writer on it under `lock`.
+    fn writer(name: &str, lock: &Arc<PriorityLock<()>>) -> (std::path::PathBuf, DirectWriter) {
+        let dir = std::env::temp_dir().join(format!("haven-direct-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");
         let _ = std::fs::remove_file(&path);
@@ -135,26 +243,138 @@ mod tests {
             .unwrap()
             .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY);")
             .unwrap();
-        let w = DirectWriter::open(&path, SqliteSynchronous::Full).unwrap();
-        let insert = |x: i64| {
-            move |c: &mut Connection| -> StoreResult<()> {
-                c.execute("INSERT INTO t (x) VALUES (?1)", [x])
-                    .map(|_| ())
-                    .map_err(backend)
-            }
-        };
-        w.transaction(insert(1)).await.unwrap();
+        let w = DirectWriter::open_with_max_defer(
+            &path,
+            SqliteSynchronous::Full,
+            Arc::clone(lock),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        (dir, w)
+    }
+
+    fn insert(x: i64) -> impl FnOnce(&mut Connection) -> StoreResult<()> + Send + 'static {
+        move |c: &mut Connection| {
+            c.execute("INSERT INTO t (x) VALUES (?1)", [x])
+                .map(|_| ())
+                .map_err(backend)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_transaction_leaves_nothing_and_the_next_one_runs() {
+        let lock = Arc::new(PriorityLock::new(()));
+        let (dir, w) = writer("failed", &lock);
+        let path = dir.join("t.db");
+        let fg = Class::Foreground;
+        w.transaction(fg, "test", insert(1)).await.unwrap();
         // The second insert breaks the key: the first of the same transaction is rolled back.
         let failed = w
-            .transaction(move |c| {
+            .transaction(fg, "test", move |c| {
                 insert(2)(c)?;
                 insert(1)(c)
             })
             .await;
         assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
         assert_eq!(count(&path), 1);
-        w.transaction(insert(3)).await.unwrap();
+        w.transaction(fg, "test", insert(3)).await.unwrap();
         assert_eq!(count(&path), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// While the lock is held elsewhere, queued transactions wait; once it is free the
+    /// foreground ones go first, whatever order they were queued in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_foreground_transactions_go_before_background_ones() {
+        let lock = Arc::new(PriorityLock::new(()));
+        let (dir, w) = writer("order", &lock);
+        let w = Arc::new(w);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = lock.lock(Class::Foreground).await.unwrap();
+        let mut tasks = Vec::new();
+        for (i, class) in [
+            Class::Background,
+            Class::Background,
+            Class::Foreground,
+            Class::Foreground,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (w, order) = (Arc::clone(&w), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                w.transaction(class, "test", move |c| {
+                    order.lock().unwrap().push(i);
+                    insert(i64::try_from(i).unwrap())(c)
+                })
+                .await
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(order.lock().unwrap().is_empty(), "ran under a held lock");
+        drop(held);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![2, 3, 0, 1]);
+        assert_eq!(count(&dir.join("t.db")), 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The thread keeps the lock between its own transactions only while nobody else waits:
+    /// a writer on the other connection gets it after the transaction in progress.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_waiting_on_the_lock_goes_between_queued_transactions() {
+        let lock = Arc::new(PriorityLock::new(()));
+        let (dir, w) = writer("between", &lock);
+        let w = Arc::new(w);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (w, order) = (Arc::clone(&w), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                w.transaction(Class::Foreground, "test", move |c| {
+                    std::thread::sleep(Duration::from_millis(30));
+                    order.lock().unwrap().push(format!("job {i}"));
+                    insert(i)(c)
+                })
+                .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let held = lock.lock(Class::Background).await.unwrap();
+        order.lock().unwrap().push("other".to_owned());
+        drop(held);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        let at = order.iter().position(|o| o == "other").unwrap();
+        assert!(
+            at <= 2,
+            "the other writer waited for {at} transactions: {order:?}"
+        );
+        assert_eq!(count(&dir.join("t.db")), 6);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A closed store refuses queued and later transactions instead of leaving them waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_lock_refuses_transactions() {
+        let lock = Arc::new(PriorityLock::new(()));
+        let (dir, w) = writer("closed", &lock);
+        w.transaction(Class::Foreground, "test", insert(1))
+            .await
+            .unwrap();
+        assert!(lock.close().await.is_some());
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            w.transaction(Class::Background, "test", insert(2)),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+        assert_eq!(count(&dir.join("t.db")), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -227,8 +227,8 @@ impl Store {
 pub struct SqliteStore {
     writer: Arc<writer::PriorityLock<SqliteConnection>>,
     /// The group commits of accepted messages, of send outcomes and receipts, and of audit
-    /// events: each transaction in one hand-off to a thread of its own (see `direct`), under
-    /// the same writer lock.
+    /// events: each transaction in one hand-off to a thread of its own (see `direct`), which
+    /// takes the same writer lock.
     direct: Arc<direct::DirectWriter>,
     reader: Arc<ReadPool>,
     inline: Arc<inline::InlineReaders>,
@@ -391,6 +391,7 @@ impl SqliteStore {
         let direct = Arc::new(direct::DirectWriter::open(
             base.get_filename(),
             opts.sqlite_synchronous,
+            Arc::clone(&writer),
         )?);
         let inline = Arc::new(inline::InlineReaders::new(base.get_filename().to_owned()));
         let readers = base.read_only(true);

@@ -2,10 +2,11 @@
 
 use crate::pgpoint::{self, Gather, PointReaders};
 use crate::settle::{self, SqlxTx};
+use crate::writer::Class;
 use crate::{PgStore, SqliteStore, backend, bulk, direct, sql};
 use haven_messaging::store::{
     ConsentRow, Decide, MessageFilter, MessageRow, MessageStore, Outcome, ReceiptRow, SenderRow,
-    Settled, TemplateRow, receipt_retry_after_ms,
+    Settled, TemplateRow, TopUpRows, receipt_retry_after_ms,
 };
 use haven_platform::events::OutboxEvent;
 use haven_platform::page::PageRequest;
@@ -327,7 +328,7 @@ macro_rules! impl_message_store {
             async fn insert_messages(
                 &self,
                 rows: Vec<(MessageRow, Option<OutboxEvent>)>,
-                more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
+                more: TopUpRows,
             ) -> StoreResult<()> {
                 self.insert_message_rows(rows, more).await
             }
@@ -514,7 +515,7 @@ impl PgStore {
     async fn insert_message_rows(
         &self,
         mut rows: Vec<(MessageRow, Option<OutboxEvent>)>,
-        more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
+        more: TopUpRows,
     ) -> StoreResult<()> {
         let mut wc = self.wc_as("messages").await?;
         rows.extend(more());
@@ -591,17 +592,16 @@ fn queue_due(m: &MessageRow) -> Option<i64> {
 }
 
 impl SqliteStore {
-    /// The whole settle in one hand-off to the writer thread (see `direct`), with the writer
-    /// lock held throughout.
+    /// The whole settle in one hand-off to the writer thread (see `direct`), a background
+    /// transaction there.
     async fn settle_sends(
         &self,
         outcomes: Vec<Outcome>,
         receipts: Vec<ReceiptRow>,
         decide: &'static Decide,
     ) -> StoreResult<Settled> {
-        let _held = self.wc_bg_as("settle").await?;
         self.direct
-            .transaction(move |conn| {
+            .transaction(Class::Background, "settle", move |conn| {
                 settle::run_ready(settle::settle(
                     &mut settle::Direct(conn),
                     &outcomes,
@@ -613,18 +613,17 @@ impl SqliteStore {
     }
 
     /// One group commit of accepted messages: the whole transaction in one hand-off to the
-    /// writer thread (see `direct`), with the writer lock held throughout.
+    /// writer thread (see `direct`), a foreground transaction there.
     async fn insert_message_rows(
         &self,
         mut rows: Vec<(MessageRow, Option<OutboxEvent>)>,
-        more: &(dyn Fn() -> Vec<(MessageRow, Option<OutboxEvent>)> + Send + Sync),
+        more: TopUpRows,
     ) -> StoreResult<()> {
-        let _held = self.wc_as("messages").await?;
-        // What was accepted while this waited for the writer goes in the same commit.
-        rows.extend(more());
         self.direct
-            .transaction(move |tx| {
+            .transaction(Class::Foreground, "messages", move |tx| {
                 use rusqlite::types::ToSql;
+                // What was accepted while this waited for the writer goes in the same commit.
+                rows.extend(more());
                 for r in bulk::chunks(rows.len()) {
                     let text = format!(
                         "INSERT INTO messages ({}, lease_until_ms, due_at_ms) VALUES {}",

@@ -112,34 +112,32 @@ impl<T> PriorityLock<T> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits for the value; foreground callers are served before background ones.
-    pub(crate) async fn lock(&self, class: Class) -> Result<Held<'_, T>, LockError> {
-        let rx = {
-            let mut s = self.state();
-            if s.closed {
-                return Err(LockError::Closed);
-            }
-            if !s.held {
-                s.held = true;
-                let value = s.value.take();
-                return Ok(Held { value, lock: self });
-            }
-            let (tx, rx) = oneshot::channel();
-            match class {
-                Class::Foreground => s.foreground.push_back(tx),
-                Class::Background => s.background.push_back((Instant::now(), tx)),
-            }
-            rx
-        };
-        let mut waiting = Waiting {
-            rx: Some(rx),
-            lock: self,
-        };
-        let granted = match waiting.rx.as_mut() {
-            Some(rx) => rx.await.is_ok(),
-            None => false,
-        };
-        waiting.rx = None;
+    /// Takes the value at once when nobody holds it; else queues the caller, whose turn comes
+    /// through the receiver.
+    #[allow(clippy::type_complexity)]
+    fn enqueue(
+        &self,
+        class: Class,
+    ) -> Result<Result<Held<'_, T>, oneshot::Receiver<()>>, LockError> {
+        let mut s = self.state();
+        if s.closed {
+            return Err(LockError::Closed);
+        }
+        if !s.held {
+            s.held = true;
+            let value = s.value.take();
+            return Ok(Ok(Held { value, lock: self }));
+        }
+        let (tx, rx) = oneshot::channel();
+        match class {
+            Class::Foreground => s.foreground.push_back(tx),
+            Class::Background => s.background.push_back((Instant::now(), tx)),
+        }
+        Ok(Err(rx))
+    }
+
+    /// The value once the caller's turn has come (`granted`), or the refusal of a closed lock.
+    fn granted(&self, granted: bool) -> Result<Held<'_, T>, LockError> {
         let mut s = self.state();
         if !granted || s.closed {
             // Closed while waiting: the senders were dropped, or the turn came with nothing.
@@ -151,6 +149,39 @@ impl<T> PriorityLock<T> {
         }
         let value = s.value.take();
         Ok(Held { value, lock: self })
+    }
+
+    /// Waits for the value; foreground callers are served before background ones.
+    pub(crate) async fn lock(&self, class: Class) -> Result<Held<'_, T>, LockError> {
+        let rx = match self.enqueue(class)? {
+            Ok(held) => return Ok(held),
+            Err(rx) => rx,
+        };
+        let mut waiting = Waiting {
+            rx: Some(rx),
+            lock: self,
+        };
+        let granted = match waiting.rx.as_mut() {
+            Some(rx) => rx.await.is_ok(),
+            None => false,
+        };
+        waiting.rx = None;
+        self.granted(granted)
+    }
+
+    /// [`Self::lock`] for a thread of its own outside the runtime (the SQLite writer thread,
+    /// see `direct`): the thread blocks until its turn. Never call it on a runtime thread.
+    pub(crate) fn lock_blocking(&self, class: Class) -> Result<Held<'_, T>, LockError> {
+        match self.enqueue(class)? {
+            Ok(held) => Ok(held),
+            Err(rx) => self.granted(rx.blocking_recv().is_ok()),
+        }
+    }
+
+    /// Whether anyone is waiting for the value (a holder with more to do lets them go first).
+    pub(crate) fn has_waiters(&self) -> bool {
+        let s = self.state();
+        !s.foreground.is_empty() || !s.background.is_empty()
     }
 
     /// Takes the value for good: every later or waiting caller gets [`LockError::Closed`].

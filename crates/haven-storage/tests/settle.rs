@@ -115,7 +115,7 @@ async fn queued(messages: &Arc<dyn MessageStore>, account_id: &str) -> String {
         final_at_ms: None,
     };
     messages
-        .insert_messages(vec![(row, None)], &Vec::new)
+        .insert_messages(vec![(row, None)], Box::new(Vec::new))
         .await
         .unwrap();
     id
