@@ -23,6 +23,7 @@ use haven_platform::store::{StoreError, StoreResult};
 use rusqlite::{Connection, OpenFlags};
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -59,7 +60,15 @@ fn stopped() -> StoreError {
 /// The thread that runs write transactions, and its connection.
 pub(crate) struct DirectWriter {
     jobs: mpsc::Sender<Queued>,
+    /// How long a caller waits for its transaction to start before giving up on it.
+    max_wait: Duration,
 }
+
+/// A queued transaction's state, shared by its caller and the writer thread: whichever moves it
+/// out of `QUEUED` first decides whether it runs.
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
 
 impl DirectWriter {
     /// Opens a write connection to the database at `path` (already created; statements are
@@ -69,8 +78,9 @@ impl DirectWriter {
         path: &Path,
         sync: SqliteSynchronous,
         lock: Arc<PriorityLock<T>>,
+        max_wait: Duration,
     ) -> StoreResult<Self> {
-        Self::open_with_max_defer(path, sync, lock, writer::MAX_DEFER)
+        Self::open_with_max_defer(path, sync, lock, max_wait, writer::MAX_DEFER)
     }
 
     /// [`Self::open`], with a background transaction passed over for at most `max_defer`.
@@ -78,6 +88,7 @@ impl DirectWriter {
         path: &Path,
         sync: SqliteSynchronous,
         lock: Arc<PriorityLock<T>>,
+        max_wait: Duration,
         max_defer: Duration,
     ) -> StoreResult<Self> {
         let conn = Connection::open_with_flags(
@@ -102,21 +113,30 @@ impl DirectWriter {
             .name("haven-sqlite-writer".to_owned())
             .spawn(move || run(conn, &rx, &lock, max_defer))
             .map_err(|e| StoreError::Backend(format!("cannot start the SQLite writer: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, max_wait })
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE … COMMIT` on the writer thread (rolled back if it
     /// fails), in its turn among the queued transactions of `class` (see the module), and
-    /// records its wait and hold under `writer`. A caller that stops waiting does not stop
-    /// the transaction.
+    /// records its wait and hold under `writer`. When it has not started within the writer's
+    /// longest wait, it never will, and the caller gets an error; once started, it is waited
+    /// for to the end. A caller that stops waiting does not stop a started transaction.
     pub(crate) async fn transaction<R: Send + 'static>(
         &self,
         class: Class,
         writer: &'static str,
         f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
     ) -> StoreResult<R> {
-        let (done, result) = oneshot::channel();
+        let (done, mut result) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let job_state = Arc::clone(&state);
         let job: Job = Box::new(move |conn: Option<&mut Connection>| {
+            if job_state
+                .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return;
+            }
             let r = match conn {
                 Some(conn) => in_transaction(conn, f),
                 None => Err(StoreError::Backend("the store is closed".into())),
@@ -131,7 +151,20 @@ impl DirectWriter {
                 job,
             })
             .map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        match tokio::time::timeout(self.max_wait, &mut result).await {
+            Ok(r) => r.map_err(|_| stopped())?,
+            Err(_) => {
+                if state
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Err(StoreError::Backend(
+                        "timed out waiting for the SQLite write connection".into(),
+                    ));
+                }
+                result.await.map_err(|_| stopped())?
+            }
+        }
     }
 }
 
@@ -247,6 +280,7 @@ mod tests {
             &path,
             SqliteSynchronous::Full,
             Arc::clone(lock),
+            Duration::from_secs(1),
             Duration::from_secs(60),
         )
         .unwrap();
@@ -355,6 +389,25 @@ mod tests {
             "the other writer waited for {at} transactions: {order:?}"
         );
         assert_eq!(count(&dir.join("t.db")), 6);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A transaction that cannot start within the longest wait fails, and never runs later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_that_cannot_start_in_time_fails_and_never_runs() {
+        let lock = Arc::new(PriorityLock::new(()));
+        let (dir, w) = writer("timeout", &lock);
+        let held = lock.lock(Class::Foreground).await.unwrap();
+        let r = w.transaction(Class::Foreground, "test", insert(1)).await;
+        assert!(
+            matches!(&r, Err(StoreError::Backend(m)) if m.contains("timed out")),
+            "{r:?}"
+        );
+        drop(held);
+        w.transaction(Class::Foreground, "test", insert(2))
+            .await
+            .unwrap();
+        assert_eq!(count(&dir.join("t.db")), 1, "the abandoned insert ran");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

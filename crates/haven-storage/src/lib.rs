@@ -392,6 +392,7 @@ impl SqliteStore {
             base.get_filename(),
             opts.sqlite_synchronous,
             Arc::clone(&writer),
+            WRITER_WAIT,
         )?);
         let inline = Arc::new(inline::InlineReaders::new(base.get_filename().to_owned()));
         let readers = base.read_only(true);

@@ -68,6 +68,12 @@ impl<T> Drop for Held<'_, T> {
     }
 }
 
+/// A caller's turn: at once, or when the receiver says so.
+enum Turn<'a, T> {
+    Now(Held<'a, T>),
+    Later(oneshot::Receiver<()>),
+}
+
 /// A place in the queue. Dropped before its turn came (the caller gave up), it leaves the
 /// queue; dropped after its turn came but before it was taken, it passes the turn on.
 struct Waiting<'a, T> {
@@ -112,13 +118,8 @@ impl<T> PriorityLock<T> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes the value at once when nobody holds it; else queues the caller, whose turn comes
-    /// through the receiver.
-    #[allow(clippy::type_complexity)]
-    fn enqueue(
-        &self,
-        class: Class,
-    ) -> Result<Result<Held<'_, T>, oneshot::Receiver<()>>, LockError> {
+    /// Takes the value at once when nobody holds it; else queues the caller.
+    fn enqueue(&self, class: Class) -> Result<Turn<'_, T>, LockError> {
         let mut s = self.state();
         if s.closed {
             return Err(LockError::Closed);
@@ -126,14 +127,14 @@ impl<T> PriorityLock<T> {
         if !s.held {
             s.held = true;
             let value = s.value.take();
-            return Ok(Ok(Held { value, lock: self }));
+            return Ok(Turn::Now(Held { value, lock: self }));
         }
         let (tx, rx) = oneshot::channel();
         match class {
             Class::Foreground => s.foreground.push_back(tx),
             Class::Background => s.background.push_back((Instant::now(), tx)),
         }
-        Ok(Err(rx))
+        Ok(Turn::Later(rx))
     }
 
     /// The value once the caller's turn has come (`granted`), or the refusal of a closed lock.
@@ -154,8 +155,8 @@ impl<T> PriorityLock<T> {
     /// Waits for the value; foreground callers are served before background ones.
     pub(crate) async fn lock(&self, class: Class) -> Result<Held<'_, T>, LockError> {
         let rx = match self.enqueue(class)? {
-            Ok(held) => return Ok(held),
-            Err(rx) => rx,
+            Turn::Now(held) => return Ok(held),
+            Turn::Later(rx) => rx,
         };
         let mut waiting = Waiting {
             rx: Some(rx),
@@ -173,8 +174,8 @@ impl<T> PriorityLock<T> {
     /// see `direct`): the thread blocks until its turn. Never call it on a runtime thread.
     pub(crate) fn lock_blocking(&self, class: Class) -> Result<Held<'_, T>, LockError> {
         match self.enqueue(class)? {
-            Ok(held) => Ok(held),
-            Err(rx) => self.granted(rx.blocking_recv().is_ok()),
+            Turn::Now(held) => Ok(held),
+            Turn::Later(rx) => self.granted(rx.blocking_recv().is_ok()),
         }
     }
 
