@@ -28,8 +28,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// A transaction to run, given the connection, or `None` when the store is closed.
-type Job = Box<dyn FnOnce(Option<&mut Connection>) + Send>;
+/// A transaction to run, given the connection, or `None` when the store is closed. Returns
+/// whether it ran (not when its caller had given up on it first).
+type Job = Box<dyn FnOnce(Option<&mut Connection>) -> bool + Send>;
 
 /// A job waiting on the writer thread.
 struct Queued {
@@ -135,13 +136,14 @@ impl DirectWriter {
                 .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                return;
+                return false;
             }
             let r = match conn {
                 Some(conn) => in_transaction(conn, f),
                 None => Err(StoreError::Backend("the store is closed".into())),
             };
             let _ = done.send(r);
+            true
         });
         self.jobs
             .send(Queued {
@@ -207,7 +209,7 @@ fn run<T>(
                 Ok(h) => held = Some(h),
                 Err(writer::LockError::Closed) => {
                     for q in foreground.drain(..).chain(background.drain(..)) {
-                        (q.job)(None);
+                        let _ = (q.job)(None);
                     }
                     continue;
                 }
@@ -226,11 +228,13 @@ fn run<T>(
         };
         let Some(q) = next else { continue };
         let since = Instant::now();
-        metrics::histogram!("haven_sqlite_writer_wait_seconds", "writer" => q.writer)
-            .record(since.duration_since(q.asked).as_secs_f64());
-        (q.job)(Some(&mut conn));
-        metrics::histogram!("haven_sqlite_writer_hold_seconds", "writer" => q.writer)
-            .record(since.elapsed().as_secs_f64());
+        // An abandoned transaction (see `DirectWriter::transaction`) is not counted.
+        if (q.job)(Some(&mut conn)) {
+            metrics::histogram!("haven_sqlite_writer_wait_seconds", "writer" => q.writer)
+                .record(since.duration_since(q.asked).as_secs_f64());
+            metrics::histogram!("haven_sqlite_writer_hold_seconds", "writer" => q.writer)
+                .record(since.elapsed().as_secs_f64());
+        }
         if lock.has_waiters() {
             // A writer on the other connection, or the checkpointer, goes next.
             drop(held.take());
