@@ -37,7 +37,6 @@ pub use model::{
     Content, Direction, Message, MessageQuery, MessageStatus, SendRequest, Sender, ValidSend,
 };
 pub use policy::{MessagingPolicy, QuietHours};
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -1173,14 +1172,22 @@ pub(crate) fn message_event(
     status: &str,
     error_code: Option<&str>,
 ) -> OutboxEvent {
+    /// The data of every `message.*` event.
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        message_id: &'a str,
+        channel: &'a str,
+        status: &'a str,
+        error_code: Option<&'a str>,
+    }
     OutboxEvent::new(
         event_type,
         account_id,
-        json!({
-            "message_id": message_id,
-            "channel": channel,
-            "status": status,
-            "error_code": error_code,
-        }),
+        Data {
+            message_id,
+            channel,
+            status,
+            error_code,
+        },
     )
 }

@@ -2,7 +2,7 @@
 //! change it reports. Payloads are thin: ids and states, never PHI (receivers fetch details
 //! through the API, under their own credentials).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Every event type an endpoint can subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
@@ -51,18 +51,37 @@ pub struct OutboxEvent {
     pub payload: String,
 }
 
+/// An event's JSON body as delivered: the envelope, then the event's own data.
+#[derive(serde::Serialize)]
+struct Envelope<'a, D> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    timestamp: String,
+    account_id: &'a str,
+    data: D,
+}
+
 impl OutboxEvent {
-    pub fn new(event_type: &'static str, account_id: &str, data: Value) -> Self {
+    /// A new event about `account_id`; `data` is any serializable value (a `json!` value, or a
+    /// struct of borrowed fields, which is written out without building a JSON tree first:
+    /// every message writes two events).
+    pub fn new(event_type: &'static str, account_id: &str, data: impl serde::Serialize) -> Self {
         let id = crate::id::new_id("evt");
         let created_at_ms = crate::clock::now_ms();
-        let payload = json!({
-            "id": id,
-            "type": event_type,
-            "timestamp": crate::clock::to_rfc3339(created_at_ms),
-            "account_id": account_id,
-            "data": data,
+        let payload = serde_json::to_string(&Envelope {
+            id: &id,
+            event_type,
+            timestamp: crate::clock::to_rfc3339(created_at_ms),
+            account_id,
+            data,
         })
-        .to_string();
+        // A value whose serialization fails (a map with non-string keys) is a bug of the
+        // caller's type; the event still carries what is known of it.
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, event_type, "an event's data could not be written");
+            json!({ "id": id, "type": event_type, "account_id": account_id }).to_string()
+        });
         Self {
             id,
             account_id: account_id.to_owned(),
@@ -94,5 +113,52 @@ impl EventHook {
         if let Some(h) = hook {
             h();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A struct of borrowed fields and a `json!` value make the same body: the envelope's
+    /// fields, then the data as given.
+    #[test]
+    fn the_body_is_the_envelope_and_the_data_whatever_its_type() {
+        #[derive(serde::Serialize)]
+        struct Data<'a> {
+            message_id: &'a str,
+            error_code: Option<&'a str>,
+        }
+        let typed = OutboxEvent::new(
+            "message.submitted",
+            "acc_1",
+            Data {
+                message_id: "msg_1",
+                error_code: None,
+            },
+        );
+        let value = OutboxEvent::new(
+            "message.submitted",
+            "acc_1",
+            json!({ "message_id": "msg_1", "error_code": null }),
+        );
+        for e in [&typed, &value] {
+            let body: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            assert_eq!(body["id"], e.id.as_str());
+            assert!(e.id.starts_with("evt_"));
+            assert_eq!(body["type"], "message.submitted");
+            assert_eq!(body["account_id"], "acc_1");
+            assert_eq!(
+                body["timestamp"],
+                crate::clock::to_rfc3339(e.created_at_ms).as_str()
+            );
+            assert_eq!(
+                body["data"],
+                json!({ "message_id": "msg_1", "error_code": null })
+            );
+            assert_eq!(body.as_object().unwrap().len(), 5);
+        }
+        assert_ne!(typed.id, value.id);
     }
 }
