@@ -454,15 +454,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A background transaction that goes first (here: overdue at once) and the foreground one
-    /// queued behind it share one commit: while the foreground one runs, the background one's
-    /// row is visible to it but not yet to any other connection, and both are kept.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_background_transaction_and_the_foreground_ones_behind_it_share_a_commit() {
+    /// Under a held lock, queues a background transaction inserting 1 (overdue at once: it goes
+    /// first), then the foreground `f` behind it, lets the lock go, and returns the path of the
+    /// database and what each returned.
+    async fn behind_a_background_insert<R: Send + 'static>(
+        name: &str,
+        f: impl FnOnce(&mut Connection) -> StoreResult<R> + Send + 'static,
+    ) -> (std::path::PathBuf, StoreResult<()>, StoreResult<R>) {
         let lock = Arc::new(PriorityLock::new(()));
-        let (dir, w) = writer_deferring("shared", &lock, Duration::ZERO);
+        let (dir, w) = writer_deferring(name, &lock, Duration::ZERO);
         let w = Arc::new(w);
-        let path = dir.join("t.db");
         let held = lock.lock(Class::Foreground).await.unwrap();
         let bg = {
             let w = Arc::clone(&w);
@@ -470,25 +471,34 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let fg = {
-            let (w, path) = (Arc::clone(&w), path.clone());
-            tokio::spawn(async move {
-                w.transaction(Class::Foreground, "test", move |c| {
-                    let own: i64 = c
-                        .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-                        .map_err(backend)?;
-                    insert(2)(c)?;
-                    Ok((own, count(&path)))
-                })
-                .await
-            })
+            let w = Arc::clone(&w);
+            tokio::spawn(async move { w.transaction(Class::Foreground, "test", f).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(held);
-        bg.await.unwrap().unwrap();
-        let (own, others) = fg.await.unwrap().unwrap();
+        (dir, bg.await.unwrap(), fg.await.unwrap())
+    }
+
+    /// A background transaction that goes first and the foreground one queued behind it share
+    /// one commit: while the foreground one runs, the background one's row is visible to it but
+    /// not yet to any other connection, and both are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_background_transaction_and_the_foreground_ones_behind_it_share_a_commit() {
+        let (dir, bg, fg) = behind_a_background_insert("shared", move |c| {
+            let own: i64 = c
+                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                .map_err(backend)?;
+            insert(2)(c)?;
+            // Counted on a connection of its own.
+            let others = count(Path::new(c.path().unwrap_or_default()));
+            Ok((own, others))
+        })
+        .await;
+        bg.unwrap();
+        let (own, others) = fg.unwrap();
         assert_eq!(own, 1, "the background row is not in the same transaction");
         assert_eq!(others, 0, "the background transaction committed on its own");
-        assert_eq!(count(&path), 2);
+        assert_eq!(count(&dir.join("t.db")), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -496,30 +506,13 @@ mod tests {
     /// error, and the others' rows are committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_transaction_in_a_shared_commit_is_rolled_back_alone() {
-        let lock = Arc::new(PriorityLock::new(()));
-        let (dir, w) = writer_deferring("alone", &lock, Duration::ZERO);
-        let w = Arc::new(w);
-        let held = lock.lock(Class::Foreground).await.unwrap();
-        let bg = {
-            let w = Arc::clone(&w);
-            tokio::spawn(async move { w.transaction(Class::Background, "test", insert(1)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let fg = {
-            let w = Arc::clone(&w);
-            tokio::spawn(async move {
-                // Its second insert clashes with the background transaction's row.
-                w.transaction(Class::Foreground, "test", move |c| {
-                    insert(3)(c)?;
-                    insert(1)(c)
-                })
-                .await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(held);
-        bg.await.unwrap().unwrap();
-        let failed = fg.await.unwrap();
+        // Its second insert clashes with the background transaction's row.
+        let (dir, bg, failed) = behind_a_background_insert("alone", move |c| {
+            insert(3)(c)?;
+            insert(1)(c)
+        })
+        .await;
+        bg.unwrap();
         assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
         let kept: Vec<i64> = Connection::open(dir.join("t.db"))
             .unwrap()
