@@ -662,7 +662,7 @@ mod tests {
             (c.status.as_str(), c.error_code.as_deref()),
             ("failed", Some("001"))
         );
-        assert!(!c.event.payload.contains("+1"), "no addresses in events");
+        assert!(!c.event.payload().contains("+1"), "no addresses in events");
     }
 
     #[test]

@@ -2,8 +2,6 @@
 //! change it reports. Payloads are thin: ids and states, never PHI (receivers fetch details
 //! through the API, under their own credentials).
 
-use serde_json::json;
-
 /// Every event type an endpoint can subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
     "account.created",
@@ -47,19 +45,9 @@ pub struct OutboxEvent {
     pub account_id: String,
     pub event_type: &'static str,
     pub created_at_ms: i64,
-    /// The JSON body delivered.
-    pub payload: String,
-}
-
-/// An event's JSON body as delivered: the envelope, then the event's own data.
-#[derive(serde::Serialize)]
-struct Envelope<'a, D> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    timestamp: String,
-    account_id: &'a str,
-    data: D,
+    /// The event's own data, as JSON. What is stored: the envelope around it ([`body`]) is
+    /// made of the other fields, so it is built when the event is read, not stored twice.
+    pub data: String,
 }
 
 impl OutboxEvent {
@@ -69,27 +57,61 @@ impl OutboxEvent {
     pub fn new(event_type: &'static str, account_id: &str, data: impl serde::Serialize) -> Self {
         let id = crate::id::new_id("evt");
         let created_at_ms = crate::clock::now_ms();
-        let payload = serde_json::to_string(&Envelope {
-            id: &id,
-            event_type,
-            timestamp: crate::clock::to_rfc3339(created_at_ms),
-            account_id,
-            data,
-        })
-        // A value whose serialization fails (a map with non-string keys) is a bug of the
-        // caller's type; the event still carries what is known of it.
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, event_type, "an event's data could not be written");
-            json!({ "id": id, "type": event_type, "account_id": account_id }).to_string()
-        });
+        let data = serde_json::to_string(&data)
+            // A value whose serialization fails (a map with non-string keys) is a bug of the
+            // caller's type; the event still goes out, with empty data.
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, event_type, "an event's data could not be written");
+                "{}".to_owned()
+            });
         Self {
             id,
             account_id: account_id.to_owned(),
             event_type,
             created_at_ms,
-            payload,
+            data,
         }
     }
+
+    /// The JSON body delivered (see [`body`]).
+    pub fn payload(&self) -> String {
+        body(
+            &self.id,
+            self.event_type,
+            self.created_at_ms,
+            &self.account_id,
+            &self.data,
+        )
+    }
+}
+
+/// An event's JSON body as delivered and listed: the envelope (`id`, `type`, `timestamp`,
+/// `account_id`, in that order), then `data`, which must be one JSON value and is copied as
+/// it is. The same fields always make the same bytes.
+pub fn body(
+    id: &str,
+    event_type: &str,
+    created_at_ms: i64,
+    account_id: &str,
+    data: &str,
+) -> String {
+    fn string(out: &mut String, s: &str) {
+        // A `&str` always serializes.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
+    }
+    let mut out = String::with_capacity(96 + id.len() + account_id.len() + data.len());
+    out.push_str("{\"id\":");
+    string(&mut out, id);
+    out.push_str(",\"type\":");
+    string(&mut out, event_type);
+    out.push_str(",\"timestamp\":");
+    string(&mut out, &crate::clock::to_rfc3339(created_at_ms));
+    out.push_str(",\"account_id\":");
+    string(&mut out, account_id);
+    out.push_str(",\"data\":");
+    out.push_str(data);
+    out.push('}');
+    out
 }
 
 /// What a domain calls after it wrote outbox events, so that this node's webhook worker wakes
@@ -120,6 +142,38 @@ impl EventHook {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The body as a serializer writes the envelope: what events stored before their data was
+    /// stored alone, and what receivers have always been sent.
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        timestamp: String,
+        account_id: &'a str,
+        data: serde_json::Value,
+    }
+
+    #[test]
+    fn the_body_is_byte_for_byte_the_serialized_envelope() {
+        let data =
+            json!({ "message_id": "msg_1", "note": "quote \" and \\ and \u{1}", "n": [1, 2] });
+        for (id, account) in [("evt_1", "acc_1"), ("evt_\"odd\"", "acc_\u{7f}\n")] {
+            let at = 1_796_661_646_256;
+            let want = serde_json::to_string(&Envelope {
+                id,
+                event_type: "message.delivered",
+                timestamp: crate::clock::to_rfc3339(at),
+                account_id: account,
+                data: data.clone(),
+            })
+            .unwrap();
+            let got = body(id, "message.delivered", at, account, &data.to_string());
+            assert_eq!(got, want);
+        }
+    }
 
     /// A struct of borrowed fields and a `json!` value make the same body: the envelope's
     /// fields, then the data as given.
@@ -144,7 +198,7 @@ mod tests {
             json!({ "message_id": "msg_1", "error_code": null }),
         );
         for e in [&typed, &value] {
-            let body: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            let body: serde_json::Value = serde_json::from_str(&e.payload()).unwrap();
             assert_eq!(body["id"], e.id.as_str());
             assert!(e.id.starts_with("evt_"));
             assert_eq!(body["type"], "message.submitted");

@@ -564,14 +564,15 @@ impl PgStore {
     pub(crate) const PH: bulk::Ph = bulk::Ph::Dollar;
 }
 
-/// Outbox events, from a row source `{rows}` (see `settle::rows_statement`): an event that no
+/// Outbox events, from a row source `{rows}` (see `settle::rows_statement`), each row its data
+/// alone (`payload`, with `envelope = 0`: see migration `event_data`). An event that no
 /// enabled endpoint listens to is written already fanned out (see `push_events`). The accounts
 /// listened to (those with an enabled endpoint, and their subaccounts) are one uncorrelated
 /// subquery, which both stores evaluate once per statement (PostgreSQL as a hashed subplan,
 /// SQLite as an ephemeral index), not once per event.
 pub(crate) const INSERT_EVENTS_ROWS: &str = "INSERT INTO webhook_events (id, account_id, event_type, \
-     payload, created_at_ms, fanned_out) SELECT v.column1, v.column2, v.column3, v.column4, \
-     v.column5, CASE WHEN v.column2 IN (SELECT e.account_id FROM webhook_endpoints e \
+     payload, envelope, created_at_ms, fanned_out) SELECT v.column1, v.column2, v.column3, \
+     v.column4, 0, v.column5, CASE WHEN v.column2 IN (SELECT e.account_id FROM webhook_endpoints e \
      WHERE e.status = 'enabled' UNION ALL SELECT a.id FROM webhook_endpoints e \
      JOIN accounts a ON a.parent_id = e.account_id WHERE e.status = 'enabled') \
      THEN 0 ELSE 1 END FROM {rows}";

@@ -456,7 +456,7 @@ pub(crate) async fn push_events(ex: &mut impl Exec, events: &[OutboxEvent]) -> S
             Val::from(&e.id),
             Val::from(&e.account_id),
             Val::from(e.event_type),
-            Val::from(&e.payload),
+            Val::from(&e.data),
             Val::from(e.created_at_ms),
         ]);
     }

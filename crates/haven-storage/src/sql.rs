@@ -214,7 +214,7 @@ pub const DELETE_ENDPOINT: &str = "DELETE FROM webhook_endpoints WHERE id = $1";
 pub const KILL_ENDPOINT_DELIVERIES: &str = "UPDATE webhook_deliveries SET status = 'dead', last_error = 'the endpoint was deleted', \
      completed_at_ms = $1 WHERE endpoint_id = $2 AND status = 'pending'";
 pub const PARENT_OF: &str = "SELECT parent_id FROM accounts WHERE id = $1";
-pub const UNFANNED_EVENTS: &str = "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events \
+pub const UNFANNED_EVENTS: &str = "SELECT id, account_id, event_type, payload, envelope, created_at_ms FROM webhook_events \
      WHERE fanned_out = 0 ORDER BY created_at_ms, id LIMIT ($1 + 0)";
 pub const ENDPOINTS_FOR: &str = "SELECT id, account_id, event_types FROM webhook_endpoints WHERE status = 'enabled' \
      AND (account_id = $1 OR account_id = (SELECT parent_id FROM accounts WHERE id = $1)) ORDER BY id";
@@ -233,13 +233,12 @@ pub const CLAIM_DUE_PG: &str = "UPDATE webhook_deliveries SET lease_until_ms = $
      WHERE status = 'pending' AND next_attempt_at_ms <= $2 AND lease_until_ms <= $2 ORDER BY next_attempt_at_ms LIMIT ($3 + 0) \
      FOR UPDATE SKIP LOCKED) RETURNING id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
      last_status_code, last_error, created_at_ms, completed_at_ms";
-pub const GET_EVENT: &str =
-    "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events WHERE id = $1";
+pub const GET_EVENT: &str = "SELECT id, account_id, event_type, payload, envelope, created_at_ms FROM webhook_events WHERE id = $1";
 pub const INSERT_ATTEMPT: &str = "INSERT INTO webhook_attempts (delivery_id, attempt, event_id, endpoint_id, at_ms, status_code, \
      error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (delivery_id, attempt) DO NOTHING";
 pub const FINISH_DELIVERY: &str = "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at_ms = $3, lease_until_ms = 0, \
      last_status_code = $4, last_error = $5, completed_at_ms = $6 WHERE id = $7";
-pub const LIST_EVENTS: &str = "SELECT id, account_id, event_type, payload, created_at_ms FROM webhook_events \
+pub const LIST_EVENTS: &str = "SELECT id, account_id, event_type, payload, envelope, created_at_ms FROM webhook_events \
      WHERE (account_id = $1 OR account_id IN (SELECT id FROM accounts WHERE parent_id = $1)) AND id > $2 ORDER BY id LIMIT ($3 + 0)";
 pub const DELIVERIES_OF_EVENT: &str = "SELECT id, event_id, endpoint_id, account_id, status, attempts, next_attempt_at_ms, \
      last_status_code, last_error, created_at_ms, completed_at_ms FROM webhook_deliveries WHERE event_id = $1 ORDER BY id";

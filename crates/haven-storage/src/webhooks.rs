@@ -64,13 +64,31 @@ macro_rules! impl_webhook_store {
                 })
             }
 
+            /// The row's body: stored whole by earlier versions, else built around its data.
             fn event_row(r: &$row) -> StoreResult<EventRow> {
+                let id: String = r.try_get("id").map_err(backend)?;
+                let account_id: String = r.try_get("account_id").map_err(backend)?;
+                let event_type: String = r.try_get("event_type").map_err(backend)?;
+                let stored: String = r.try_get("payload").map_err(backend)?;
+                let envelope: i64 = r.try_get("envelope").map_err(backend)?;
+                let created_at_ms: i64 = r.try_get("created_at_ms").map_err(backend)?;
+                let payload = if envelope == 0 {
+                    haven_platform::events::body(
+                        &id,
+                        &event_type,
+                        created_at_ms,
+                        &account_id,
+                        &stored,
+                    )
+                } else {
+                    stored
+                };
                 Ok(EventRow {
-                    id: r.try_get("id").map_err(backend)?,
-                    account_id: r.try_get("account_id").map_err(backend)?,
-                    event_type: r.try_get("event_type").map_err(backend)?,
-                    payload: r.try_get("payload").map_err(backend)?,
-                    created_at_ms: r.try_get("created_at_ms").map_err(backend)?,
+                    id,
+                    account_id,
+                    event_type,
+                    payload,
+                    created_at_ms,
                 })
             }
 

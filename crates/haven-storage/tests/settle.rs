@@ -403,3 +403,76 @@ async fn the_rows_of_every_message_lock_no_parent_on_postgres() {
     drop(read);
     (db.cleanup)();
 }
+
+/// An event is stored as its data alone and read back as the whole body it was sent with; a
+/// row stored whole by an earlier version reads back as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_read_back_as_the_body_they_were_written_with() {
+    let mut dbs = vec![sqlite().await];
+    dbs.extend(postgres().await);
+    for db in dbs {
+        let messages = db.store.messages();
+        let webhooks = db.store.webhooks();
+        let acc = account(&db.store).await;
+        let id = queued(&messages, &acc).await;
+        let outcome = submitted(&acc, &id, &[&unique("p")]);
+        let Outcome::Submitted { event, .. } = &outcome else {
+            unreachable!()
+        };
+        let event = event.clone();
+        messages
+            .settle(vec![outcome], vec![], &decide)
+            .await
+            .unwrap();
+        let row = webhooks
+            .get_event(&event.id)
+            .await
+            .unwrap()
+            .expect("the event");
+        assert_eq!(row.payload, event.payload());
+        assert_eq!(row.event_type, "message.submitted");
+
+        // What only the data costs: the stored text is the data, not the envelope.
+        let q = "SELECT payload, envelope FROM webhook_events WHERE id = $1";
+        let stored: (String, i64) = match &mut Reader::open(&db.url).await {
+            Reader::Sqlite(c) => sqlx::query_as(q).bind(&event.id).fetch_one(c).await,
+            Reader::Pg(c) => sqlx::query_as(q).bind(&event.id).fetch_one(c).await,
+        }
+        .unwrap();
+        assert_eq!(stored, (event.data.clone(), 0));
+
+        // A row of an earlier version: the whole body, and no `envelope` given.
+        let old = self::event("message.delivered", &acc, &id);
+        let insert = "INSERT INTO webhook_events (id, account_id, event_type, payload, \
+                      created_at_ms, fanned_out) VALUES ($1, $2, $3, $4, $5, 1)";
+        let body = format!("{{\"legacy\":true,\"data\":{}}}", old.data);
+        match &mut Reader::open(&db.url).await {
+            Reader::Sqlite(c) => sqlx::query(insert)
+                .bind(&old.id)
+                .bind(&acc)
+                .bind(old.event_type)
+                .bind(&body)
+                .bind(old.created_at_ms)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()),
+            Reader::Pg(c) => sqlx::query(insert)
+                .bind(&old.id)
+                .bind(&acc)
+                .bind(old.event_type)
+                .bind(&body)
+                .bind(old.created_at_ms)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .unwrap();
+        let row = webhooks
+            .get_event(&old.id)
+            .await
+            .unwrap()
+            .expect("the old event");
+        assert_eq!(row.payload, body);
+        (db.cleanup)();
+    }
+}
