@@ -446,25 +446,22 @@ async fn events_read_back_as_the_body_they_were_written_with() {
         let insert = "INSERT INTO webhook_events (id, account_id, event_type, payload, \
                       created_at_ms, fanned_out) VALUES ($1, $2, $3, $4, $5, 1)";
         let body = format!("{{\"legacy\":true,\"data\":{}}}", old.data);
+        macro_rules! insert_old {
+            ($c:expr) => {
+                sqlx::query(insert)
+                    .bind(&old.id)
+                    .bind(&acc)
+                    .bind(old.event_type)
+                    .bind(&body)
+                    .bind(old.created_at_ms)
+                    .execute($c)
+                    .await
+                    .map(|r| r.rows_affected())
+            };
+        }
         match &mut Reader::open(&db.url).await {
-            Reader::Sqlite(c) => sqlx::query(insert)
-                .bind(&old.id)
-                .bind(&acc)
-                .bind(old.event_type)
-                .bind(&body)
-                .bind(old.created_at_ms)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected()),
-            Reader::Pg(c) => sqlx::query(insert)
-                .bind(&old.id)
-                .bind(&acc)
-                .bind(old.event_type)
-                .bind(&body)
-                .bind(old.created_at_ms)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected()),
+            Reader::Sqlite(c) => insert_old!(c),
+            Reader::Pg(c) => insert_old!(c),
         }
         .unwrap();
         let row = webhooks
