@@ -103,11 +103,13 @@ impl StoredEvent {
     }
 }
 
-/// What an append writes: the events as stored, and every new tree node.
+/// What an append writes: the events as stored, and every new tree node that is stored.
 pub type AppendPlan = (Vec<StoredEvent>, Vec<(NodeKey, Hash)>);
 
-/// Plans an append: the stored events and every new tree node, given the tree's size and its
-/// frontier nodes. Pure; the store runs it inside its append transaction.
+/// Plans an append: the stored events and every new tree node to store (see
+/// [`merkle::is_stored`]), given the tree's size and its frontier nodes (read with
+/// [`merkle::plan_reads`] of [`merkle::frontier`], then [`merkle::derive_into`]). Pure; the store
+/// runs it inside its append transaction.
 pub fn plan_append(
     size: u64,
     frontier: &HashMap<NodeKey, Hash>,
@@ -122,8 +124,9 @@ pub fn plan_append(
         .iter()
         .map(|s| merkle::leaf_hash(&s.leaf()))
         .collect();
-    let nodes = merkle::append(size, frontier, &leaves)
+    let mut nodes = merkle::append(size, frontier, &leaves)
         .ok_or_else(|| StoreError::Backend("audit tree frontier is incomplete".into()))?;
+    nodes.retain(|(key, _)| merkle::is_stored(*key));
     Ok((stored, nodes))
 }
 
@@ -179,6 +182,7 @@ pub trait AuditStore: Send + Sync {
         usize::MAX
     }
     async fn tree_size(&self) -> StoreResult<u64>;
+    /// The stored nodes among `keys` (see [`merkle::is_stored`]); absent ones are left out.
     async fn nodes(&self, keys: &[NodeKey]) -> StoreResult<HashMap<NodeKey, Hash>>;
     async fn latest_tree_head(&self) -> StoreResult<Option<TreeHead>>;
     async fn tree_heads(&self) -> StoreResult<Vec<TreeHead>>;
@@ -286,7 +290,14 @@ impl AuditLog {
     }
 
     async fn hashes(&self, ranges: &[(u64, u64)]) -> AuditResult<Vec<Hash>> {
-        let nodes = self.store.nodes(&merkle::nodes_needed(ranges)).await?;
+        let keys = merkle::nodes_needed(ranges);
+        let reads = merkle::plan_reads(&keys);
+        let mut nodes = self.store.nodes(&reads.nodes).await?;
+        let mut leaves = Vec::with_capacity(reads.leaves.len());
+        for (start, end) in &reads.leaves {
+            leaves.push(self.store.leaf_hashes(*start, *end).await?);
+        }
+        merkle::derive_into(&mut nodes, &keys, &reads, &leaves);
         ranges
             .iter()
             .map(|(s, e)| {

@@ -2,8 +2,14 @@
 //!
 //! Leaves hash as `SHA-256(0x00 ‖ leaf)`, interior nodes as `SHA-256(0x01 ‖ left ‖ right)`, and a
 //! tree of `n` leaves splits at the largest power of two smaller than `n`. Complete subtrees whose
-//! start is aligned to their size are stored as nodes `(level, index)`; every hash a proof needs
-//! is such a node or a combination of O(log n) of them, so proofs never read the leaves.
+//! start is aligned to their size are nodes `(level, index)`; every hash a proof needs is such a
+//! node or a combination of O(log n) of them.
+//!
+//! Not every node is stored. The leaf hashes (level 0) are, and so is every node of level
+//! [`STORED_FROM`] and above; a node in between covers at most `2^STORED_FROM` leaves and is
+//! computed from their hashes when it is needed ([`plan_reads`], [`derive_into`]). That keeps an
+//! append to about one stored node a leaf instead of two, while a proof reads at most two blocks
+//! of `2^STORED_FROM` leaf hashes more.
 
 pub type Hash = [u8; 32];
 
@@ -42,7 +48,76 @@ fn split(n: u64) -> u64 {
 /// A stored complete subtree: `level` = log2 of its size, `index` = its start / size.
 pub type NodeKey = (u8, u64);
 
-/// The stored nodes needed for the hash of leaves `[start, end)`.
+/// The lowest interior level that is stored: nodes of levels `1..STORED_FROM` are computed from
+/// the leaf hashes of the aligned block of at most `2^STORED_FROM` leaves under them.
+pub const STORED_FROM: u8 = 6;
+
+/// Whether a node is stored (a leaf hash, or an interior node of level [`STORED_FROM`] or above).
+pub fn is_stored(key: NodeKey) -> bool {
+    key.0 == 0 || key.0 >= STORED_FROM
+}
+
+/// How to obtain a set of nodes: the stored ones to read as nodes, and the sorted, disjoint leaf
+/// ranges `[start, end)` whose leaf hashes the others are computed from.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub nodes: Vec<NodeKey>,
+    pub leaves: Vec<(u64, u64)>,
+}
+
+/// The leaves under a node.
+fn leaves_of((level, idx): NodeKey) -> (u64, u64) {
+    (idx << level, (idx + 1) << level)
+}
+
+/// What to read for `keys` (see [`Reads`]).
+pub fn plan_reads(keys: &[NodeKey]) -> Reads {
+    let mut nodes = Vec::new();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for key in keys {
+        if is_stored(*key) {
+            nodes.push(*key);
+        } else {
+            ranges.push(leaves_of(*key));
+        }
+    }
+    ranges.sort_unstable();
+    let mut leaves: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match leaves.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => leaves.push((s, e)),
+        }
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    Reads { nodes, leaves }
+}
+
+/// Computes every key of `keys` that is not stored from the leaf hashes read for
+/// `reads.leaves` (`hashes[i]` holds range `i`'s, in order) and adds it to `nodes`. A key whose
+/// range came back incomplete is left out, so the hash that needs it is reported missing.
+pub fn derive_into(
+    nodes: &mut std::collections::HashMap<NodeKey, Hash>,
+    keys: &[NodeKey],
+    reads: &Reads,
+    hashes: &[Vec<Hash>],
+) {
+    for key in keys.iter().filter(|k| !is_stored(**k)) {
+        let (s, e) = leaves_of(*key);
+        let Some(i) = reads.leaves.iter().position(|(a, b)| *a <= s && e <= *b) else {
+            continue;
+        };
+        let (a, b) = reads.leaves[i];
+        let Some(got) = hashes.get(i).filter(|h| h.len() as u64 == b - a) else {
+            continue;
+        };
+        let from = (s - a) as usize;
+        nodes.insert(*key, root_of(&got[from..from + (e - s) as usize]));
+    }
+}
+
+/// The nodes needed for the hash of leaves `[start, end)`.
 fn nodes_for_range(start: u64, end: u64, out: &mut Vec<NodeKey>) {
     let size = end - start;
     if size.is_power_of_two() && start.is_multiple_of(size) {
@@ -132,7 +207,7 @@ pub fn consistency_ranges(m: u64, n: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// Every stored node that the hashes of `ranges` need.
+/// Every node that the hashes of `ranges` need (stored or not: see [`plan_reads`]).
 pub fn nodes_needed(ranges: &[(u64, u64)]) -> Vec<NodeKey> {
     let mut out = Vec::new();
     for (s, e) in ranges {
@@ -273,34 +348,80 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// What a store does for `keys`: reads the stored ones and the leaf ranges, then derives.
+    fn read(stored: &HashMap<NodeKey, Hash>, keys: &[NodeKey]) -> HashMap<NodeKey, Hash> {
+        let reads = plan_reads(keys);
+        let mut out: HashMap<NodeKey, Hash> = reads
+            .nodes
+            .iter()
+            .filter_map(|k| stored.get(k).map(|h| (*k, *h)))
+            .collect();
+        let hashes: Vec<Vec<Hash>> = reads
+            .leaves
+            .iter()
+            .map(|(s, e)| {
+                (*s..*e)
+                    .filter_map(|i| stored.get(&(0, i)).copied())
+                    .collect()
+            })
+            .collect();
+        derive_into(&mut out, keys, &reads, &hashes);
+        out
+    }
+
+    /// Appends `n` leaves in uneven batches, as the writer does, keeping only the stored nodes.
     fn build(n: u64) -> (Vec<Hash>, HashMap<NodeKey, Hash>) {
         let leaves: Vec<Hash> = (0..n)
             .map(|i| leaf_hash(format!("leaf {i}").as_bytes()))
             .collect();
         let mut nodes = HashMap::new();
-        // Append in uneven batches, as the writer does.
         let mut done = 0u64;
         let mut batch = 1usize;
         while done < n {
             let end = (done as usize + batch).min(n as usize);
-            let fr: HashMap<NodeKey, Hash> = frontier(done)
-                .into_iter()
-                .filter_map(|k| nodes.get(&k).map(|h| (k, *h)))
-                .collect();
+            let fr = read(&nodes, &frontier(done));
             let new = append(done, &fr, &leaves[done as usize..end])
                 .unwrap_or_else(|| panic!("frontier incomplete at {done}"));
-            nodes.extend(new);
+            nodes.extend(new.into_iter().filter(|(k, _)| is_stored(*k)));
             done = end as u64;
-            batch = batch % 7 + 1;
+            batch = batch % 97 + 1;
         }
         (leaves, nodes)
     }
 
     fn hashes(nodes: &HashMap<NodeKey, Hash>, ranges: &[(u64, u64)]) -> Vec<Hash> {
+        let known = read(nodes, &nodes_needed(ranges));
         ranges
             .iter()
-            .map(|(s, e)| range_hash(nodes, *s, *e).unwrap_or_else(|| panic!("missing node")))
+            .map(|(s, e)| range_hash(&known, *s, *e).unwrap_or_else(|| panic!("missing node")))
             .collect()
+    }
+
+    #[test]
+    fn only_leaves_and_the_upper_levels_are_stored() {
+        let n = 1u64 << 12;
+        let (_, nodes) = build(n);
+        assert!(nodes.keys().all(|k| is_stored(*k)));
+        let interior = nodes.keys().filter(|k| k.0 > 0).count() as u64;
+        // Levels STORED_FROM..=12 of a complete tree of 2^12 leaves.
+        assert_eq!(interior, (1u64 << (12 - STORED_FROM + 1)) - 1);
+        assert_eq!(nodes.len() as u64, n + interior);
+    }
+
+    #[test]
+    fn a_missing_leaf_hash_makes_a_derived_node_missing_not_wrong() {
+        let (_, mut nodes) = build(200);
+        nodes.remove(&(0, 70));
+        let known = read(&nodes, &nodes_needed(&inclusion_ranges(71, 200)));
+        assert_eq!(range_hash(&known, 0, 200), None);
+        assert!(!known.contains_key(&(1, 35)));
+    }
+
+    #[test]
+    fn reads_merge_the_leaf_ranges_of_unstored_nodes() {
+        let reads = plan_reads(&[(0, 5), (1, 0), (2, 1), (STORED_FROM, 3), (1, 8), (1, 1)]);
+        assert_eq!(reads.nodes, vec![(0, 5), (STORED_FROM, 3)]);
+        assert_eq!(reads.leaves, vec![(0, 8), (16, 18)]);
     }
 
     #[test]
@@ -313,10 +434,10 @@ mod tests {
                 .collect::<String>(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        let (leaves, nodes) = build(70);
-        for n in 1..=70u64 {
+        let (leaves, nodes) = build(300);
+        for n in 1..=300u64 {
             assert_eq!(
-                range_hash(&nodes, 0, n),
+                range_hash(&read(&nodes, &nodes_needed(&[(0, n)])), 0, n),
                 Some(root_of(&leaves[..n as usize])),
                 "root of {n}"
             );
@@ -325,8 +446,8 @@ mod tests {
 
     #[test]
     fn inclusion_and_consistency_proofs_verify_and_detect_tampering() {
-        let (leaves, nodes) = build(37);
-        for n in 1..=37u64 {
+        let (leaves, nodes) = build(150);
+        for n in 1..=150u64 {
             let root = root_of(&leaves[..n as usize]);
             for m in 0..n {
                 let path = hashes(&nodes, &inclusion_ranges(m, n));

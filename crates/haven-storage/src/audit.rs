@@ -431,13 +431,15 @@ impl SqliteStore {
                 let size: i64 = c.query_row(sql::AUDIT_SIZE, [], |r| r.get(0)).map_err(db)?;
                 let size = u(size);
                 let keys = haven_audit::merkle::frontier(size);
+                let reads = haven_audit::merkle::plan_reads(&keys);
                 let mut frontier = HashMap::with_capacity(keys.len());
-                if !keys.is_empty() {
+                if !reads.nodes.is_empty() {
                     let text = format!(
                         "SELECT level, idx, hash FROM audit_nodes WHERE {}",
-                        vec!["(level = ? AND idx = ?)"; keys.len()].join(" OR ")
+                        vec!["(level = ? AND idx = ?)"; reads.nodes.len()].join(" OR ")
                     );
-                    let params: Vec<i64> = keys
+                    let params: Vec<i64> = reads
+                        .nodes
                         .iter()
                         .flat_map(|(level, idx)| [i64::from(*level), i(*idx)])
                         .collect();
@@ -450,6 +452,17 @@ impl SqliteStore {
                         frontier.insert((u8::try_from(level).unwrap_or(0), u(idx)), to_hash(hash)?);
                     }
                 }
+                let mut leaves = Vec::with_capacity(reads.leaves.len());
+                for (start, end) in &reads.leaves {
+                    let mut st = c.prepare_cached(sql::AUDIT_LEAF_HASHES).map_err(db)?;
+                    let mut rows = st.query([i(*start), i(*end)]).map_err(db)?;
+                    let mut hashes = Vec::new();
+                    while let Some(r) = rows.next().map_err(db)? {
+                        hashes.push(to_hash(r.get(0).map_err(db)?)?);
+                    }
+                    leaves.push(hashes);
+                }
+                haven_audit::merkle::derive_into(&mut frontier, &keys, &reads, &leaves);
                 let (stored, nodes) = haven_audit::plan_append(size, &frontier, &events)?;
                 let new_size = size + stored.len() as u64;
                 // Power-of-two chunks: a few statement texts, each prepared once and cached.
@@ -529,7 +542,24 @@ impl PgStore {
             .await
             .map_err(backend)?;
         let size = u(size);
-        let frontier = Self::fetch_nodes(&mut *tx, &haven_audit::merkle::frontier(size)).await?;
+        let keys = haven_audit::merkle::frontier(size);
+        let reads = haven_audit::merkle::plan_reads(&keys);
+        let mut frontier = Self::fetch_nodes(&mut *tx, &reads.nodes).await?;
+        let mut leaves = Vec::with_capacity(reads.leaves.len());
+        for (start, end) in &reads.leaves {
+            let rows: Vec<(Vec<u8>,)> = sqlx::query_as(sql::AUDIT_LEAF_HASHES)
+                .bind(i(*start))
+                .bind(i(*end))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            leaves.push(
+                rows.into_iter()
+                    .map(|r| to_hash(r.0))
+                    .collect::<StoreResult<Vec<_>>>()?,
+            );
+        }
+        haven_audit::merkle::derive_into(&mut frontier, &keys, &reads, &leaves);
         let (stored, nodes) = haven_audit::plan_append(size, &frontier, events)?;
         let new_size = size + stored.len() as u64;
         Self::insert_leaves(&mut tx, stored, &nodes).await?;

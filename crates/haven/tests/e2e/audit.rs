@@ -199,15 +199,18 @@ async fn proofs_verify_with_third_party_code(backend: Backend) {
     // admin's own tree is the whole log here, since every event is about it or its subaccounts
     // (events with no account, such as failures with unknown key ids, are the operator's only).
     let s = Server::start(backend).await;
+    // Enough events that proofs span several blocks of 2^STORED_FROM leaves: they then need
+    // stored upper nodes as well as nodes computed from leaf hashes.
+    let block = 1u64 << haven_audit::merkle::STORED_FROM;
     for name in ["A", "B", "C"] {
         create_subaccount(&s, name).await;
     }
-    let (_, first) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
+    let first = grown_past(&s, block + 7).await;
     let first_size = first["tree_size"].as_u64().unwrap_or(0);
-    assert!(first_size > 3, "{first}");
     for name in ["D", "E", "F", "G", "H"] {
         create_subaccount(&s, name).await;
     }
+    grown_past(&s, 3 * block).await;
     let got = auditor(
         &s,
         &[
@@ -227,6 +230,23 @@ async fn proofs_verify_with_third_party_code(backend: Backend) {
     // Haven's own consistency proof between the two signed heads verifies (RFC 9162 §2.1.4.2).
     let (_, second) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
     assert_consistent(&s, &first, &second).await;
+}
+
+/// Makes authenticated requests (each one's authentication is an event, queued for the next
+/// group commit) until the signed tree head covers more than `size` events; returns that head.
+async fn grown_past(s: &Server, size: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (st, head) = send(s.admin(Method::GET, "/v1/audit/tree-head")).await;
+        assert_eq!(st, 200, "{head}");
+        if head["tree_size"].as_u64().unwrap_or(0) > size {
+            return head;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log did not grow past {size}: {head}"
+        );
+    }
 }
 
 /// Fetches Haven's consistency proof between two signed tree heads and checks it with the
