@@ -518,6 +518,11 @@ impl PgStore {
         more: TopUpRows,
     ) -> StoreResult<()> {
         let mut wc = self.wc_as("messages").await?;
+        // The requests that are ready to run now are mostly sends on their way to this queue:
+        // one pass of the scheduler lets them queue their rows, which the top-up then takes
+        // into this statement instead of the next one (in the SMS benchmark, batches of about
+        // 16 rows instead of 11, so a third fewer commits).
+        tokio::task::yield_now().await;
         rows.extend(more());
         if rows.iter().all(|(_, e)| e.is_none()) {
             // One statement is atomic by itself: a batch without events (acceptance raises

@@ -239,6 +239,12 @@ impl<K: Send + 'static, V: Send + 'static> Gather<K, V> {
     async fn drain(self: &std::sync::Arc<Self>) {
         use std::sync::atomic::Ordering;
         loop {
+            // Let the tasks that are ready to run go first: under load they are requests on
+            // their way to the same read, and each one queued now joins this statement instead
+            // of paying for one of its own. One pass of the scheduler, no timer: an idle
+            // server reads at once. In the SMS benchmark on PostgreSQL this took a statement
+            // from about 4 keys to about 14, and the round trips to the database down by half.
+            tokio::task::yield_now().await;
             let batch = self.take();
             if batch.is_empty() {
                 self.running.store(false, Ordering::Release);
@@ -363,6 +369,47 @@ mod tests {
                 })
             }),
         )
+    }
+
+    /// Callers that become ready just after the first one started the statement's task still
+    /// share its statement: the task lets them queue their keys before it takes the batch.
+    #[tokio::test(flavor = "current_thread")]
+    async fn callers_woken_with_the_first_share_its_statement() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let g = doubling(Arc::clone(&batches));
+        let go = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        // (Keys 13 and 99 fail in `doubling`.)
+        for k in 21..=40u64 {
+            let (g, go) = (Arc::clone(&g), Arc::clone(&go));
+            tasks.spawn(async move {
+                go.notified().await;
+                g.get(k).await.unwrap()
+            });
+        }
+        // Every waiter is registered with the notification before the first caller runs.
+        tokio::task::yield_now().await;
+        let first = {
+            let (g, go) = (Arc::clone(&g), Arc::clone(&go));
+            tokio::spawn(async move {
+                let read = g.get(0);
+                tokio::pin!(read);
+                // The first poll queues key 0 and spawns the statement's task; the others are
+                // woken after it, so they run after that task in the scheduler's queue.
+                let pending = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(read.as_mut().poll(cx).is_pending())
+                })
+                .await;
+                assert!(pending);
+                go.notify_waiters();
+                read.await.unwrap()
+            })
+        };
+        assert_eq!(first.await.unwrap(), 0);
+        let mut answers: Vec<u64> = tasks.join_all().await;
+        answers.sort_unstable();
+        assert_eq!(answers, (21..=40).map(|k| k * 2).collect::<Vec<_>>());
+        assert_eq!(*batches.lock().unwrap(), vec![21]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
