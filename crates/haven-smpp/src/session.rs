@@ -332,6 +332,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             _ = until_true(&mut closed) => None,
         };
         let Some(first) = first else { break };
+        // Let the tasks that are ready to run go first: under load they are sends and receipt
+        // answers on their way to this queue, and what they queue now goes out in this write
+        // instead of the next (fewer writes here, fewer reads and wake-ups at the SMSC).
+        tokio::task::yield_now().await;
         let mut result = w.write_all(&first).await;
         // Batch whatever else is queued into one flush.
         while result.is_ok() {
@@ -585,5 +589,68 @@ mod tests {
         assert!(RequestError::ConnectionLost.is_transient());
         assert!(RequestError::Status(status::ESME_RTHROTTLED).is_transient());
         assert!(!RequestError::Status(status::ESME_RINVDSTADR).is_transient());
+    }
+
+    /// An inner writer that notes each write it is given.
+    struct Writes(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// PDUs queued by tasks that became ready just after the first PDU woke the writer go out
+    /// in the same write.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pdus_queued_by_ready_tasks_share_the_first_ones_write() {
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+        let (close, closed) = watch::channel(false);
+        let writer = tokio::spawn(write_loop(
+            Weak::new(),
+            closed,
+            "test".to_owned(),
+            rx,
+            Writes(Arc::clone(&writes)),
+        ));
+        let go = Arc::new(tokio::sync::Notify::new());
+        let mut senders = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (tx, go) = (tx.clone(), Arc::clone(&go));
+            senders.spawn(async move {
+                go.notified().await;
+                tx.send(vec![7u8; 30]).await.unwrap();
+            });
+        }
+        // The writer waits for its first PDU and every sender for the signal.
+        tokio::task::yield_now().await;
+        // The first PDU wakes the writer; the senders are woken after it.
+        tx.send(vec![1u8; 30]).await.unwrap();
+        go.notify_waiters();
+        senders.join_all().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*writes.lock().unwrap(), vec![11 * 30]);
+        close.send(true).unwrap();
+        writer.await.unwrap();
     }
 }
